@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thyro.cli import main
+from thyro.config import load_config
+from thyro.decode import read_image
+from thyro.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc = main(["train", "--data", str(tiny_phantom), "--out", str(out), "--epochs", "1",
+               "--set", "preprocess.image_size=64", "--set", "eval.bootstrap=20", "--set", "train.batch_size=8"])
+    assert rc == 0
+    return out
+
+
+def test_run_folder_is_complete(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"model.pt", "metadata.json", "config.yaml", "metrics.json", "predictions.csv",
+            "history.json", "leakage.json"} <= names
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert {"auc", "accuracy", "recall", "precision", "f1", "specificity"} <= set(m)
+
+
+def test_model_card_carries_what_a_reader_needs(run_dir):
+    card = json.loads((run_dir / "metadata.json").read_text())
+    assert "not for diagnosis" in card["intended_use"].lower()
+    assert card["inputs"]["preprocessing"]["image_size"] == 64
+    assert card["outputs"]["classes"] == ["benign", "malignant"] and card["outputs"]["threshold"] == 0.5
+    assert card["split"]["leakage"]["shared_patients"] == 0 and card["split"]["n_test"] > 0
+    assert {"torch", "torchvision", "python"} <= set(card["versions"])
+    assert set(card["metrics"]) >= {"auc", "f1"}
+
+
+def test_resolved_config_is_saved_and_reloads(run_dir):
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.preprocess.image_size == 64 and cfg.train.epochs == 1
+
+
+def test_predictor_reproduces_the_runs_test_predictions(run_dir, tiny_phantom):
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    p = Predictor(str(run_dir), cam_size=16)
+    images = [read_image(str(tiny_phantom.parent / i)) for i in preds.image_id]
+    out = p.predict(images)
+    assert np.allclose(out["prob_malignant"], preds.prob_malignant, atol=1e-5)
+    assert out["cam"].shape == (len(images), 16, 16) and out["cam"].dtype == np.float16
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nme: resnet18\n")
+    assert main(["train", "--out", str(tmp_path / "r"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.nme" in err and str(bad) in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_image_in_dataset_is_named(tmp_path, tiny_phantom):
+    df = pd.read_csv(tiny_phantom)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    for _, r in df.iterrows():
+        (tmp_path / r.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / r.path).write_bytes((tiny_phantom.parent / r.path).read_bytes())
+    df = pd.concat([df, pd.DataFrame([{"path": "broken.png", "label": "benign", "patient_id": "Z"}])])
+    df.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match="broken.png"):
+        from thyro.training import train_run
+        train_run(load_config(None, [{"data": {"source": str(tmp_path / "m.csv")}, "train": {"epochs": 1},
+                                      "preprocess": {"image_size": 64}}]), str(tmp_path / "r"))

@@ -1,0 +1,101 @@
+"""`thyro` command line: thin wrappers that build a Config and call one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from thyro.config import ConfigError, load_config, parse_override
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _config(args, flag_overrides: dict):
+    overrides = [parse_override(s) for s in args.set]
+    flags = {}
+    for dotted, value in flag_overrides.items():
+        if value is not None:
+            node = flags
+            *parents, leaf = dotted.split(".")
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = value
+    return load_config(args.config, [flags, *overrides])
+
+
+def cmd_phantom(args) -> int:
+    from thyro import phantom
+
+    manifest = phantom.generate(args.out, n_benign=args.n_benign, n_malignant=args.n_malignant,
+                                size=args.size, seed=args.seed, overlap=args.overlap,
+                                multi_image_fraction=args.multi_image_fraction)
+    print(f"wrote {args.n_benign + args.n_malignant} images and {manifest}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from thyro.training import train_run
+
+    cfg = _config(args, {"data.source": args.data, "model.name": args.model, "train.epochs": args.epochs,
+                         "split.repeat": args.split})
+    res = train_run(cfg, args.out)
+    m = res.metrics
+    print(f"\n{cfg.model.name} on split {cfg.split.repeat} ({res.seconds:.0f}s) -> {args.out}")
+    for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1"):
+        lo, hi = m["ci95"].get(k, (float("nan"), float("nan")))
+        print(f"  {k:<12}{m[k]:.3f}  (95% CI {lo:.3f}-{hi:.3f})")
+    t = m["at_target_sensitivity"]
+    print(f"  at sensitivity >= {t['target_sensitivity']:.2f}: threshold {t['threshold']:.3f}, "
+          f"specificity {t['specificity']:.3f};  ECE {m['ece']:.3f}")
+    if args.json:
+        print(json.dumps({k: m[k] for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thyro", description="Thyroid nodule ultrasound classification "
+                                 "with Grad-CAM (research use only, not for diagnosis).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("phantom", help="write the synthetic ultrasound phantom data set")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-benign", type=int, default=415)
+    p.add_argument("--n-malignant", type=int, default=93)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=float, default=0.1, help="0: cues follow the class; 1: independent")
+    p.add_argument("--multi-image-fraction", type=float, default=0.0,
+                   help="fraction of patients with several images")
+    p.set_defaults(fn=cmd_phantom)
+
+    p = sub.add_parser("train", help="train and evaluate one model on one split (plain torch)")
+    p.add_argument("--data", help="folder with benign/ malignant/, a CSV manifest, or 'phantom'")
+    p.add_argument("--out", required=True, help="run folder (local path or URI)")
+    p.add_argument("--model", help="resnet18 | alexnet | vgg16 | inception_v3")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--split", type=int, help="which split repetition (default 0)")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_train)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"thyro: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"thyro {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Binary classification metrics with honest uncertainty.
+
+Positive class = malignant (1). `prob` is the predicted probability of malignancy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+METRIC_NAMES = ("auc", "accuracy", "recall", "specificity", "precision", "f1")
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
+    y = np.asarray(y).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    pred = (prob >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "auc": float(skm.roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else float("nan"),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "threshold": float(threshold),
+        "n": int(len(y)), "n_malignant": int(y.sum()),
+    }
+
+
+def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of every metric, resampling within each class (stratified)
+    so that each replicate keeps the class balance and AUC stays defined."""
+    y = np.asarray(y).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    vals = {k: [] for k in METRIC_NAMES}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        m = binary_metrics(y[idx], prob[idx], threshold)
+        for k in METRIC_NAMES:
+            vals[k].append(m[k])
+    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
+    return {k: tuple(float(x) for x in np.nanpercentile(v, q)) for k, v in vals.items()}
+
+
+def mean_ci(values, seed: int = 0, n_boot: int = 10000, alpha: float = 0.05) -> tuple[float, float]:
+    """Bootstrap percentile CI of the mean of a few values (e.g. over splits)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return (float("nan"), float("nan"))
+    means = np.random.default_rng(seed).choice(v, (n_boot, len(v))).mean(1)
+    return tuple(float(x) for x in np.percentile(means, (100 * alpha / 2, 100 * (1 - alpha / 2))))
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x, method="average")
+
+
+def delong_test(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict:
+    """DeLong et al. (1988) test of two correlated AUCs on the same cases.
+
+    Uses the fast midrank algorithm of Sun & Xu (2014). Returns both AUCs,
+    their difference, z and the two-sided p-value.
+    """
+    y = np.asarray(y).astype(int)
+    preds = np.vstack([np.asarray(p1, float), np.asarray(p2, float)])
+    pos, neg = preds[:, y == 1], preds[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError("DeLong test needs at least two cases of each class")
+    tx = np.vstack([_midrank(r) for r in pos])
+    ty = np.vstack([_midrank(r) for r in neg])
+    tz = np.vstack([_midrank(r) for r in preds[:, np.r_[np.flatnonzero(y == 1), np.flatnonzero(y == 0)]]])
+    aucs = tz[:, :m].sum(1) / (m * n) - (m + 1) / (2 * n)
+    v01 = (tz[:, :m] - tx) / n
+    v10 = 1 - (tz[:, m:] - ty) / m
+    cov = np.cov(v01) / m + np.cov(v10) / n
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    diff = aucs[0] - aucs[1]
+    if var <= 0:
+        z = 0.0 if diff == 0 else np.inf * np.sign(diff)
+    else:
+        z = diff / np.sqrt(var)
+    p = float(2 * stats.norm.sf(abs(z)))
+    return {"auc1": float(aucs[0]), "auc2": float(aucs[1]), "diff": float(diff),
+            "z": float(z), "p": p, "var": float(var)}
+
+
+def combine_p_values(p_values) -> float:
+    """Fisher's method for independent tests (e.g. DeLong per split).
+
+    Splits reuse the same patients, so the tests are not independent; the
+    combined value is reported as descriptive, next to the per-split values.
+    """
+    p = np.asarray([x for x in p_values if np.isfinite(x)], float)
+    if not len(p):
+        return float("nan")
+    return float(stats.combine_pvalues(np.clip(p, 1e-300, 1), method="fisher").pvalue)
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of the malignancy probability over equal-width bins."""
+    y = np.asarray(y).astype(float)
+    prob = np.asarray(prob, dtype=float)
+    bins = np.minimum((prob * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(y[sel].mean() - prob[sel].mean())
+    return float(ece)
+
+
+def threshold_for_sensitivity(y: np.ndarray, prob: np.ndarray, target: float = 0.95) -> dict:
+    """Highest threshold whose sensitivity reaches `target`, and the specificity there."""
+    fpr, tpr, thr = skm.roc_curve(np.asarray(y).astype(int), np.asarray(prob, float))
+    ok = np.flatnonzero(tpr >= target)
+    i = int(ok[0])
+    t = float(min(thr[i], 1.0))
+    return {"threshold": t, "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i]),
+            "target_sensitivity": float(target)}

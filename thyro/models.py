@@ -1,0 +1,130 @@
+"""Classifiers built by name, each with a 2-class head and its Grad-CAM layer.
+
+Weights never download at run time. `weights` is one of:
+- None: random init;
+- "imagenet": torchvision's ImageNet weights, only if already in the local
+  torch hub cache (else a clear error saying where to put the file);
+- a local path or fsspec URI of a state_dict (loaded with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torchvision import models as tvm
+
+
+class WeightsError(ValueError):
+    """Weights could not be found or do not fit the model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[], nn.Module]
+    imagenet: object            # torchvision WeightsEnum member
+    head: Callable[[nn.Module], nn.Linear]   # the final classifier layer
+    set_head: Callable[[nn.Module, nn.Linear], None]
+    cam_layer: str              # dotted module path Grad-CAM hooks
+    input_size: int             # native input size; default preset follows it
+
+
+def _set_attr(path: str):
+    def setter(m: nn.Module, layer: nn.Linear) -> None:
+        parent = m.get_submodule(path.rsplit(".", 1)[0]) if "." in path else m
+        setattr(parent, path.rsplit(".", 1)[-1], layer)
+    return setter
+
+
+# CAM layers: the output of the last convolutional block. For AlexNet and VGG
+# that is the ReLU after the last conv (its inplace op would otherwise rewrite
+# the hooked conv output).
+SPECS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(lambda: tvm.resnet18(weights=None), tvm.ResNet18_Weights.IMAGENET1K_V1,
+                          lambda m: m.fc, _set_attr("fc"), "layer4", 224),
+    "alexnet": ModelSpec(lambda: tvm.alexnet(weights=None), tvm.AlexNet_Weights.IMAGENET1K_V1,
+                         lambda m: m.classifier[6], _set_attr("classifier.6"), "features.11", 224),
+    "vgg16": ModelSpec(lambda: tvm.vgg16(weights=None), tvm.VGG16_Weights.IMAGENET1K_V1,
+                       lambda m: m.classifier[6], _set_attr("classifier.6"), "features.29", 224),
+    "inception_v3": ModelSpec(lambda: tvm.inception_v3(weights=None, aux_logits=True, init_weights=True),
+                              tvm.Inception_V3_Weights.IMAGENET1K_V1,
+                              lambda m: m.fc, _set_attr("fc"), "Mixed_7c", 299),
+}
+
+
+def _replace_heads(model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
+    spec.set_head(model, nn.Linear(spec.head(model).in_features, num_classes))
+    if getattr(model, "AuxLogits", None) is not None:
+        model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
+
+
+def imagenet_state_dict(name: str) -> dict:
+    """torchvision's ImageNet weights from the local hub cache; never downloads."""
+    w = SPECS[name].imagenet
+    fname = os.path.basename(w.url)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    if not os.path.isfile(path):
+        raise WeightsError(
+            f"ImageNet weights for {name} are not in the local torch cache ({path}). "
+            f"thyro never downloads at run time: copy {fname} there, or set model.weights "
+            "to a local path or URI of a state_dict.")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_state_dict(uri: str) -> dict:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            buf = io.BytesIO(f.read())
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {uri}") from None
+    try:
+        sd = torch.load(buf, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{uri}: not a loadable state_dict ({type(e).__name__}: {e})") from None
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{uri}: expected a state_dict (dict of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def _load_backbone(model: nn.Module, sd: dict, source: str) -> list[str]:
+    """Load every tensor whose name and shape match; a head of another width is skipped."""
+    own = model.state_dict()
+    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable]
+    unexpected = [k for k in sd if k not in own]
+    heads = ("fc.", "classifier.6.", "AuxLogits.fc.")
+    if unexpected or any(not k.startswith(heads) for k in missing):
+        bad = (unexpected or [k for k in missing if not k.startswith(heads)])[:3]
+        raise WeightsError(f"{source}: state_dict does not fit this architecture (e.g. {bad})")
+    model.load_state_dict(usable, strict=False)
+    return skipped
+
+
+def build_model(name: str, weights: str | None = None, num_classes: int = 2) -> nn.Module:
+    if name not in SPECS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(SPECS)}")
+    spec = SPECS[name]
+    model = spec.build()
+    _replace_heads(model, spec, num_classes)
+    if weights:
+        sd = imagenet_state_dict(name) if weights == "imagenet" else read_state_dict(weights)
+        _load_backbone(model, sd, weights)
+        if weights == "imagenet" and name == "inception_v3":
+            model.transform_input = True  # torchvision's Inception weights expect it
+    return model
+
+
+def cam_layer(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(SPECS[name].cam_layer)
+
+
+def main_logits(out) -> torch.Tensor:
+    """Inception returns (logits, aux_logits) in training mode; take the logits."""
+    return out.logits if hasattr(out, "logits") else out

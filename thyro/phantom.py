@@ -1,0 +1,287 @@
+"""Synthetic thyroid ultrasound phantom: thyro's built-in default data set.
+
+Each image imitates a transverse B-mode scan from a linear probe: a scan field
+(black outside) with skin, subcutaneous fat, strap muscles, the thyroid lobe,
+the carotid artery and sometimes the tracheal ring's shadow; multiplicative
+speckle and log compression; burned-in scanner text, a depth scale and a focus
+marker. Inside the lobe sits one nodule whose appearance is drawn from
+TI-RADS-like feature distributions that depend on the class:
+
+- malignant: more often solid, hypo/very hypoechoic, taller-than-wide,
+  lobulated or irregular margins, punctate echogenic foci;
+- benign: more often cystic or spongiform, iso/hyperechoic, wider-than-tall,
+  smooth, a hypoechoic halo, comet-tail artefacts.
+
+`overlap` mixes each class's feature distribution towards the pooled one, so
+no single cue decides the class and a model must combine several. Everything
+is deterministic by seed; the nodule's true mask is written too, so that
+Grad-CAM localisation can be measured.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+# Bump when the rendering changes, so cached phantoms are regenerated.
+VERSION = 2
+
+# Feature tables: (benign, malignant) probabilities over each feature's values.
+FEATURES: dict[str, tuple[list[str], list[float], list[float]]] = {
+    "composition": (["cystic", "spongiform", "mixed", "solid"],
+                    [0.20, 0.25, 0.30, 0.25], [0.00, 0.00, 0.15, 0.85]),
+    "echogenicity": (["hyper", "iso", "hypo", "very_hypo"],
+                     [0.25, 0.50, 0.20, 0.05], [0.03, 0.17, 0.50, 0.30]),
+    "shape": (["wider", "taller"], [0.92, 0.08], [0.50, 0.50]),
+    "margin": (["smooth", "ill_defined", "lobulated", "irregular"],
+               [0.65, 0.25, 0.07, 0.03], [0.20, 0.25, 0.30, 0.25]),
+    "foci": (["none", "comet_tail", "macro", "punctate"],
+             [0.60, 0.28, 0.09, 0.03], [0.35, 0.05, 0.15, 0.45]),
+    "halo": (["no", "yes"], [0.55, 0.45], [0.90, 0.10]),
+}
+# Mean backscatter of the solid tissue for each echogenicity (thyroid ~0.62).
+ECHO_LEVEL = {"hyper": 0.85, "iso": 0.60, "hypo": 0.33, "very_hypo": 0.15}
+
+
+@dataclass(frozen=True)
+class Nodule:
+    composition: str
+    echogenicity: str
+    shape: str
+    margin: str
+    foci: str
+    halo: str
+    radius: float  # fraction of the image size
+    aspect: float  # height / width
+    angle: float   # small tilt, radians
+
+
+def feature_probs(label: int, overlap: float) -> dict[str, tuple[list[str], np.ndarray]]:
+    out = {}
+    for name, (values, pb, pm) in FEATURES.items():
+        pb, pm = np.asarray(pb), np.asarray(pm)
+        pooled = (pb + pm) / 2
+        p = (1 - overlap) * (pm if label else pb) + overlap * pooled
+        out[name] = (values, p / p.sum())
+    return out
+
+
+def sample_nodule(rng: np.random.Generator, label: int, overlap: float) -> Nodule:
+    f = {k: str(rng.choice(v, p=p)) for k, (v, p) in feature_probs(label, overlap).items()}
+    aspect = rng.uniform(1.2, 1.7) if f["shape"] == "taller" else rng.uniform(0.55, 0.9)
+    return Nodule(radius=float(rng.uniform(0.10, 0.17)), aspect=float(aspect),
+                  angle=float(rng.uniform(-0.3, 0.3)), **f)
+
+
+def _nodule_mask(S: int, cy: float, cx: float, n: Nodule, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of the nodule outline: an ellipse with a radial margin profile."""
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    c, s = np.cos(n.angle), np.sin(n.angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    a = n.radius * S / np.sqrt(n.aspect)  # half width
+    b = n.radius * S * np.sqrt(n.aspect)  # half height
+    r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    theta = np.arctan2(v / b, u / a)
+    prof = np.zeros_like(theta)
+    if n.margin == "smooth" or n.margin == "ill_defined":
+        harmonics, amp = range(2, 4), 0.03
+    elif n.margin == "lobulated":
+        harmonics, amp = range(3, 6), 0.13
+    else:  # irregular: many harmonics, spiculated
+        harmonics, amp = range(5, 13), 0.09
+    for k in harmonics:
+        prof += rng.uniform(0.4, 1.0) * amp * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return r <= 1.0 + prof
+
+
+def _speckle(rng: np.random.Generator, S: int) -> np.ndarray:
+    """Rayleigh speckle with a lateral correlation longer than the axial one."""
+    re = rng.standard_normal((S, S)).astype(np.float32)
+    im = rng.standard_normal((S, S)).astype(np.float32)
+    sig = (0.9 * S / 256, 2.2 * S / 256)  # (axial, lateral) in pixels
+    re, im = ndimage.gaussian_filter(re, sig), ndimage.gaussian_filter(im, sig)
+    env = np.sqrt(re ** 2 + im ** 2)
+    return env / env.mean()
+
+
+def render(rng: np.random.Generator, S: int, label: int, n: Nodule,
+           anatomy_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return (uint8 image S x S, bool nodule mask)."""
+    # Patient anatomy (shared by a patient's images) comes from anatomy_rng;
+    # probe placement, gain and speckle from rng.
+    y0, y1 = int(0.10 * S), int(0.96 * S)
+    x0 = int(rng.uniform(0.08, 0.14) * S)
+    x1 = S - int(rng.uniform(0.08, 0.14) * S)
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    depth = (yy - y0) / (y1 - y0)
+
+    def wavy(level, freq, amp):  # a tissue boundary that is not a straight line
+        return level + amp * np.sin(2 * np.pi * (xx / S) * freq + anatomy_rng.uniform(0, 6.3))
+
+    skin_b, fat_b, muscle_b = wavy(0.05, 1.3, 0.005), wavy(0.13, 1.1, 0.01), wavy(0.24, 0.9, 0.015)
+    echo = np.full((S, S), 0.35, np.float32)
+    echo[depth < skin_b] = 0.95
+    echo[(depth >= skin_b) & (depth < fat_b)] = 0.45
+    muscle = (depth >= fat_b) & (depth < muscle_b)
+    striae = 0.08 * np.sin(yy * 2 * np.pi / (S / 40))
+    echo[muscle] = (0.28 + striae)[muscle]
+    # Thyroid lobe: a wide ellipse under the strap muscles.
+    lcx = S / 2 + rng.uniform(-0.06, 0.06) * S
+    lcy = y0 + (0.52 + anatomy_rng.uniform(-0.03, 0.03)) * (y1 - y0)
+    lobe = ((xx - lcx) / (0.40 * S)) ** 2 + ((yy - lcy) / (0.27 * (y1 - y0))) ** 2 <= 1
+    lobe &= depth > muscle_b
+    echo[lobe] = 0.62 + anatomy_rng.uniform(-0.05, 0.05)
+    # Carotid artery at one side: anechoic, posterior enhancement.
+    side = 1 if anatomy_rng.random() < 0.5 else -1
+    ccx = lcx + side * 0.38 * S
+    ccy = lcy + anatomy_rng.uniform(-0.05, 0.05) * S
+    cr = anatomy_rng.uniform(0.06, 0.08) * S
+    carotid = (xx - ccx) ** 2 + (yy - ccy) ** 2 <= cr ** 2
+    behind_c = (np.abs(xx - ccx) < cr * 0.8) & (yy > ccy + cr)
+    echo[behind_c] *= 1.25
+    echo[carotid] = 0.02
+    if anatomy_rng.random() < 0.6:  # tracheal ring on the other side: bright arc + shadow
+        tcx, tcy, tr = lcx - side * 0.45 * S, y0 + 0.32 * (y1 - y0), 0.12 * S
+        ring = np.abs(np.hypot(xx - tcx, yy - tcy) - tr) < 0.012 * S
+        ring &= yy < tcy
+        shadow = (np.abs(xx - tcx) < tr * 0.9) & (yy > tcy - 0.2 * tr)
+        echo[shadow] *= 0.25
+        echo[ring] = 1.0
+
+    # Nodule, kept inside the lobe.
+    ncx = lcx + rng.uniform(-0.17, 0.17) * S
+    ncy = lcy + rng.uniform(-0.06, 0.06) * S
+    mask = _nodule_mask(S, ncy, ncx, n, anatomy_rng) & (depth > 0.2) & (depth < 0.97)
+    solid = ECHO_LEVEL[n.echogenicity] + anatomy_rng.uniform(-0.04, 0.04)
+    texture = ndimage.gaussian_filter(anatomy_rng.standard_normal((S, S)).astype(np.float32), S / 80)
+    node = solid + 0.6 * texture
+    cyst = np.zeros((S, S), bool)
+    if n.composition in ("cystic", "mixed", "spongiform"):
+        blobs = ndimage.gaussian_filter(anatomy_rng.standard_normal((S, S)).astype(np.float32),
+                                        S / (90 if n.composition == "spongiform" else 30))
+        frac = {"cystic": 0.85, "mixed": 0.4, "spongiform": 0.45}[n.composition]
+        cut = np.quantile(blobs[mask], 1 - frac) if mask.any() else 0
+        cyst = mask & (blobs >= cut)
+        if n.composition == "cystic":  # anechoic inside a thin wall
+            cyst = ndimage.binary_erosion(mask, iterations=max(1, S // 100))
+    below = ndimage.binary_dilation(mask, np.ones((int(0.25 * S), 1), bool), origin=(-int(0.125 * S), 0))
+    below &= ~mask
+    if cyst.sum() > 0.3 * max(mask.sum(), 1):
+        echo[below] *= 1.3  # posterior acoustic enhancement
+    if n.halo == "yes":
+        rim = ndimage.binary_dilation(mask, iterations=max(2, S // 100)) & ~mask
+        echo[rim] = 0.12
+    echo[mask] = node[mask]
+    echo[cyst] = 0.03
+    if n.margin == "ill_defined":
+        blurred = ndimage.gaussian_filter(echo, S / 110)
+        zone = ndimage.binary_dilation(mask, iterations=S // 40) & ~ndimage.binary_erosion(mask, iterations=S // 40)
+        echo[zone] = blurred[zone]
+    ys, xs = np.nonzero(mask & ~cyst) if (mask & ~cyst).any() else np.nonzero(mask)
+    dot = max(1, S // 110)
+    if n.foci == "punctate" and len(ys):
+        for i in anatomy_rng.choice(len(ys), size=anatomy_rng.integers(6, 15)):
+            echo[ys[i] - dot:ys[i] + dot + 1, xs[i] - dot:xs[i] + dot + 1] = 1.0
+    elif n.foci == "comet_tail" and len(ys):
+        for i in anatomy_rng.choice(len(ys), size=anatomy_rng.integers(1, 4)):
+            for k in range(0, S // 25, max(1, S // 128)):  # reverberation tail
+                echo[ys[i] + k:ys[i] + k + dot, xs[i] - dot:xs[i] + dot + 1] = 1.0 - 0.04 * k
+    elif n.foci == "macro" and len(ys):
+        i = anatomy_rng.integers(len(ys))
+        rr = S // 40
+        calc = (xx - xs[i]) ** 2 + (yy - ys[i]) ** 2 <= rr ** 2
+        shadow = (np.abs(xx - xs[i]) < rr) & (yy > ys[i])
+        echo[shadow] *= 0.3
+        echo[calc] = 1.0
+
+    # Imaging chain: speckle, depth attenuation with imperfect TGC, log compression.
+    gain = rng.uniform(0.8, 1.2)
+    tgc = 1.0 - rng.uniform(0.1, 0.35) * depth.clip(0, 1)
+    env = np.clip(echo, 0, 1.2) * _speckle(rng, S) * tgc * gain
+    img = np.log1p(25 * env) / np.log1p(25 * 1.6)
+    img = np.clip(img + rng.normal(0, 0.015, img.shape), 0, 1)
+    field = (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+    img[~field] = 0
+    out = Image.fromarray((img * 255).astype(np.uint8), mode="L")
+    _burn_in(out, rng, S, x0, x1, y0, y1)
+    if rng.random() < 0.15:  # calipers placed by the sonographer
+        d = ImageDraw.Draw(out)
+        hw = n.radius * S / np.sqrt(n.aspect)
+        for px in (ncx - hw, ncx + hw):
+            d.text((px - 3, ncy - 6), "+", fill=230)
+    return np.asarray(out), mask
+
+
+def _burn_in(img: Image.Image, rng: np.random.Generator, S: int, x0: int, x1: int, y0: int, y1: int) -> None:
+    """Scanner overlay: text, depth scale and focus marker; independent of the class."""
+    d = ImageDraw.Draw(img)
+    depth_cm = rng.choice([3.0, 3.5, 4.0, 4.5])
+    d.text((4, 2), f"THYRO-US L12-5  {rng.integers(20, 40)}Hz", fill=200)
+    d.text((4, 2 + S // 24), f"THY {'R' if rng.random() < 0.5 else 'L'} TRV  G{rng.integers(40, 70)}", fill=200)
+    d.text((x1 - 40 if x1 > 60 else 2, S - S // 20), f"{depth_cm:.1f}cm", fill=200)
+    for k in range(int(depth_cm * 2) + 1):  # tick every 0.5 cm along the right edge
+        y = y0 + (y1 - y0) * k / (depth_cm * 2)
+        d.line([(x1 + 2, y), (x1 + (6 if k % 2 == 0 else 4), y)], fill=220)
+    fy = y0 + (y1 - y0) * rng.uniform(0.4, 0.7)
+    d.polygon([(x1 + 10, fy), (x1 + 16, fy - 3), (x1 + 16, fy + 3)], fill=220)
+
+
+def _patients(n_benign: int, n_malignant: int, rng: np.random.Generator,
+              multi_fraction: float, max_per: int) -> list[tuple[int, int]]:
+    """[(label, n_images)] so that the image counts per class are exact."""
+    out = []
+    for label, total in ((0, n_benign), (1, n_malignant)):
+        left = total
+        while left > 0:
+            k = 1
+            if max_per > 1 and rng.random() < multi_fraction:
+                k = int(rng.integers(2, max_per + 1))
+            k = min(k, left)
+            out.append((label, k))
+            left -= k
+    return out
+
+
+def generate(out_dir: str | Path, n_benign: int = 415, n_malignant: int = 93, size: int = 256,
+             seed: int = 0, overlap: float = 0.1, multi_image_fraction: float = 0.0,
+             max_images_per_patient: int = 3) -> Path:
+    """Write the phantom to `out_dir` (images/, masks/, manifest.csv); return the manifest path."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    plan = _patients(n_benign, n_malignant, np.random.default_rng([seed, 0]),
+                     multi_image_fraction, max_images_per_patient)
+    # Interleave classes so file order carries no label information.
+    order = np.random.default_rng([seed, 1]).permutation(len(plan))
+    rows = []
+    img_idx = 0
+    for pnum, pi in enumerate(order):
+        label, k = plan[pi]
+        pid = f"P{pnum:05d}"
+        prng = np.random.default_rng([seed, 2, pnum])
+        nodule = sample_nodule(prng, label, overlap)
+        anatomy_seed = int(prng.integers(2**31))
+        for v in range(k):
+            rng = np.random.default_rng([seed, 3, pnum, v])
+            img, mask = render(rng, size, label, nodule, np.random.default_rng(anatomy_seed))
+            name = f"{pid}_{v}.png"
+            Image.fromarray(img, mode="L").save(out / "images" / name, optimize=False)
+            Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(out / "masks" / name)
+            row = {"path": f"images/{name}", "label": "malignant" if label else "benign",
+                   "patient_id": pid, "mask_path": f"masks/{name}"}
+            row.update({k2: v2 for k2, v2 in asdict(nodule).items()
+                        if k2 in FEATURES})
+            rows.append(row)
+            img_idx += 1
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
