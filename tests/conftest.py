@@ -15,3 +15,73 @@ def tiny_phantom(tmp_path_factory):
     manifest = phantom.generate(out, n_benign=24, n_malignant=12, size=96, seed=3,
                                 multi_image_fraction=0.3)
     return manifest
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint on 127.0.0.1 (moto's server), as s3fs's own tests use."""
+    from moto.server import ThreadedMotoServer
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ[k] = v
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="thyro-test")
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, tmp_path_factory):
+    """One local Ray head shared by every Ray test (started once: it costs seconds).
+
+    Token auth is set explicitly (Ray 2.60 otherwise picks it up from a stray
+    ~/.ray/auth_token). Stopped with SIGINT, which ends this cluster only.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            ray.init(address=address, logging_level="ERROR")
+            break
+        except Exception:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError("local Ray head did not start")
+    os.environ["RAY_ADDRESS"] = address
+    yield address
+    ray.shutdown()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -13,48 +13,43 @@ from __future__ import annotations
 import io
 import json
 
-import fsspec
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from thyro.models import build_model
+from thyro.storage import exists, join, read_bytes, write_bytes
 
 
 class RunError(ValueError):
     """A saved run is missing or incomplete."""
 
 
-def _write(uri: str, data: bytes) -> None:
-    with fsspec.open(uri, "wb", auto_mkdir=True) as f:
-        f.write(data)
-
-
 def _read(uri: str) -> bytes:
     try:
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
+        return read_bytes(uri)
     except FileNotFoundError:
         raise RunError(f"saved run incomplete: {uri} not found") from None
 
 
-def join(base: str, name: str) -> str:
-    return f"{str(base).rstrip('/')}/{name}"
+def is_complete(run: str) -> bool:
+    """The card is written last, so its presence means the run finished."""
+    return exists(join(run, "metadata.json"))
 
 
 def save_run(out: str, model: nn.Module, card: dict, config_yaml: str, metrics: dict,
              predictions: pd.DataFrame | None = None, history: list | None = None) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    _write(join(out, "model.pt"), buf.getvalue())
-    _write(join(out, "config.yaml"), config_yaml.encode())
-    _write(join(out, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    write_bytes(join(out, "model.pt"), buf.getvalue())
+    write_bytes(join(out, "config.yaml"), config_yaml.encode())
+    write_bytes(join(out, "metrics.json"), json.dumps(metrics, indent=2).encode())
     if predictions is not None:
-        _write(join(out, "predictions.csv"), predictions.to_csv(index=False).encode())
+        write_bytes(join(out, "predictions.csv"), predictions.to_csv(index=False).encode())
     if history is not None:
-        _write(join(out, "history.json"), json.dumps(history, indent=2).encode())
+        write_bytes(join(out, "history.json"), json.dumps(history, indent=2).encode())
     # The card last: its presence marks a complete run.
-    _write(join(out, "metadata.json"), json.dumps(card, indent=2).encode())
+    write_bytes(join(out, "metadata.json"), json.dumps(card, indent=2).encode())
 
 
 def load_card(run: str) -> dict:

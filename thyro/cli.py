@@ -57,6 +57,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def print_summary(summary, reference: str) -> None:
+    cols = ["auc", "accuracy", "recall", "specificity", "precision", "f1"]
+    print(f"\n{'model':<14}" + "".join(f"{c:>22}" for c in cols) + f"{'p vs ' + reference:>16}")
+    for _, r in summary.iterrows():
+        cells = "".join(f"{r[c + '_mean']:>8.3f} [{r[c + '_ci_low']:.3f},{r[c + '_ci_high']:.3f}]" for c in cols)
+        p = r.get("p_vs_reference_corrected_t")
+        print(f"{r['model']:<14}{cells}{'' if p is None or p != p else f'{p:>16.3g}'}")
+
+
+def cmd_experiment(args) -> int:
+    from thyro.ray_experiment import run_experiment
+
+    cfg = _config(args, {"data.source": args.data})
+    res = run_experiment(cfg, args.out)
+    print_summary(res.summary, cfg.experiment.reference_model)
+    print(f"\n{len(res.trials)} trials in {res.seconds:.0f}s; mean [bootstrap 95% CI] over splits")
+    print(f"summary: {res.out}/summary.csv  trials: {res.out}/trials.parquet  report: {res.report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thyro", description="Thyroid nodule ultrasound classification "
                                  "with Grad-CAM (research use only, not for diagnosis).")
@@ -68,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-malignant", type=int, default=93)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overlap", type=float, default=0.1, help="0: cues follow the class; 1: independent")
+    p.add_argument("--overlap", type=float, default=0.0, help="0: the feature tables as they are; 1: classes identical")
     p.add_argument("--multi-image-fraction", type=float, default=0.0,
                    help="fraction of patients with several images")
     p.set_defaults(fn=cmd_phantom)
@@ -82,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     _add_config_args(p)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("experiment", help="the study's protocol: model x split trials on Ray Tune + Train")
+    p.add_argument("--data", help="folder, CSV manifest or 'phantom' (default: config)")
+    p.add_argument("--out", default="runs/experiment", help="output folder or s3:// URI")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_experiment)
     return ap
 
 
@@ -92,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"thyro: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"thyro {args.cmd}: error: {e}", file=sys.stderr)
         return 1
 

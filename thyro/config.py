@@ -49,8 +49,9 @@ class PhantomConfig(_Section):
     n_malignant: int = Field(93, ge=1)
     size: int = Field(256, ge=64, le=2048)
     seed: int = 0
-    # 0: every TI-RADS cue follows the class; 1: cues independent of the class.
-    overlap: float = Field(0.1, ge=0.0, le=1.0)
+    # 0: the TI-RADS-like feature tables as they are (they overlap already);
+    # 1: both classes drawn from the pooled tables (indistinguishable).
+    overlap: float = Field(0.0, ge=0.0, le=1.0)
     # Fraction of patients that contribute more than one image (study: 0).
     multi_image_fraction: float = Field(0.0, ge=0.0, le=1.0)
     max_images_per_patient: int = Field(3, ge=1)
@@ -122,6 +123,46 @@ class CamConfig(_Section):
     region_threshold: float = Field(0.5, gt=0.0, lt=1.0)
 
 
+ModelName = Literal["resnet18", "alexnet", "vgg16", "inception_v3"]
+
+
+class ExperimentConfig(_Section):
+    # The study compared ResNet18 with three baselines over 10 splits.
+    models: list[ModelName] = Field(default_factory=lambda: ["resnet18", "alexnet", "inception_v3", "vgg16"])
+    reference_model: ModelName = "resnet18"
+    # Which split repetitions to run; null runs all `split.n_repeats`.
+    splits: Optional[list[int]] = None
+    # Grad-CAM analysis of the reference model's test images in every split.
+    cam_analysis: bool = True
+    cam_size: int = Field(56, ge=8, le=512)
+    # Images per class in the report's CAM overlay grid.
+    cam_grid_per_class: int = Field(6, ge=1, le=20)
+
+
+class RayConfig(_Section):
+    # null: RAY_ADDRESS if set, else a local Ray started in-process.
+    address: Optional[str] = None
+    num_workers: int = Field(1, ge=1)          # Ray Train workers per trial (DDP when > 1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    # Fractional GPUs let several ResNet18 trials share one device.
+    gpus_per_worker: float = Field(1.0, gt=0)
+    # The Tune trial only drives its TorchTrainer; it must not hold a CPU
+    # (on a 2-CPU machine a whole CPU per driver deadlocks the workers).
+    trial_driver_cpus: float = Field(0.01, gt=0)
+    max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as resources allow
+    max_failures: int = Field(1, ge=0)           # retries of a crashed trial
+    # Where Ray Tune/Train keep their state; null: <out>/ray.
+    storage_path: Optional[str] = None
+
+
+class StorageConfig(_Section):
+    # S3-compatible endpoint for every s3:// URI (MinIO, Ceph, moto, ...);
+    # null uses AWS. Credentials always come from the environment.
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+
+
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -130,6 +171,9 @@ class Config(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cam: CamConfig = Field(default_factory=CamConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     # Free text carried into the model card and reports.
     name: str = "thyro"
 

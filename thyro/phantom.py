@@ -12,9 +12,10 @@ TI-RADS-like feature distributions that depend on the class:
 - benign: more often cystic or spongiform, iso/hyperechoic, wider-than-tall,
   smooth, a hypoechoic halo, comet-tail artefacts.
 
-`overlap` mixes each class's feature distribution towards the pooled one, so
-no single cue decides the class and a model must combine several. Everything
-is deterministic by seed; the nodule's true mask is written too, so that
+The tables overlap (benign nodules can be solid and hypoechoic, malignant ones
+smooth or wider-than-tall), so no single cue decides the class and a model
+must combine several; `overlap` mixes each class's tables further towards the
+pooled ones (1: indistinguishable). Everything is deterministic by seed; the nodule's true mask is written too, so that
 Grad-CAM localisation can be measured.
 """
 
@@ -29,14 +30,14 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 # Bump when the rendering changes, so cached phantoms are regenerated.
-VERSION = 2
+VERSION = 5
 
 # Feature tables: (benign, malignant) probabilities over each feature's values.
 FEATURES: dict[str, tuple[list[str], list[float], list[float]]] = {
     "composition": (["cystic", "spongiform", "mixed", "solid"],
-                    [0.20, 0.25, 0.30, 0.25], [0.00, 0.00, 0.15, 0.85]),
+                    [0.25, 0.25, 0.32, 0.18], [0.00, 0.00, 0.10, 0.90]),
     "echogenicity": (["hyper", "iso", "hypo", "very_hypo"],
-                     [0.25, 0.50, 0.20, 0.05], [0.03, 0.17, 0.50, 0.30]),
+                     [0.28, 0.52, 0.15, 0.05], [0.02, 0.13, 0.50, 0.35]),
     "shape": (["wider", "taller"], [0.92, 0.08], [0.50, 0.50]),
     "margin": (["smooth", "ill_defined", "lobulated", "irregular"],
                [0.65, 0.25, 0.07, 0.03], [0.20, 0.25, 0.30, 0.25]),
@@ -71,10 +72,21 @@ def feature_probs(label: int, overlap: float) -> dict[str, tuple[list[str], np.n
     return out
 
 
+def single_cue_auc(feature: str, overlap: float = 0.0) -> float:
+    """Exact AUC of the best classifier that sees only `feature` (ordered by likelihood ratio)."""
+    _, pb = feature_probs(0, overlap)[feature]
+    _, pm = feature_probs(1, overlap)[feature]
+    order = np.argsort(pm / np.maximum(pb, 1e-12))
+    pb, pm = pb[order], pm[order]
+    # P(score_malignant > score_benign) + 0.5 P(tie), categories ranked by LR
+    below_b = np.concatenate([[0], np.cumsum(pb)[:-1]])
+    return float(np.sum(pm * (below_b + 0.5 * pb)))
+
+
 def sample_nodule(rng: np.random.Generator, label: int, overlap: float) -> Nodule:
     f = {k: str(rng.choice(v, p=p)) for k, (v, p) in feature_probs(label, overlap).items()}
     aspect = rng.uniform(1.2, 1.7) if f["shape"] == "taller" else rng.uniform(0.55, 0.9)
-    return Nodule(radius=float(rng.uniform(0.10, 0.17)), aspect=float(aspect),
+    return Nodule(radius=float(rng.uniform(0.17, 0.25)), aspect=float(aspect),
                   angle=float(rng.uniform(-0.3, 0.3)), **f)
 
 
@@ -184,7 +196,7 @@ def render(rng: np.random.Generator, S: int, label: int, n: Nodule,
         zone = ndimage.binary_dilation(mask, iterations=S // 40) & ~ndimage.binary_erosion(mask, iterations=S // 40)
         echo[zone] = blurred[zone]
     ys, xs = np.nonzero(mask & ~cyst) if (mask & ~cyst).any() else np.nonzero(mask)
-    dot = max(1, S // 110)
+    dot = max(1, S // 85)
     if n.foci == "punctate" and len(ys):
         for i in anatomy_rng.choice(len(ys), size=anatomy_rng.integers(6, 15)):
             echo[ys[i] - dot:ys[i] + dot + 1, xs[i] - dot:xs[i] + dot + 1] = 1.0
@@ -249,7 +261,7 @@ def _patients(n_benign: int, n_malignant: int, rng: np.random.Generator,
 
 
 def generate(out_dir: str | Path, n_benign: int = 415, n_malignant: int = 93, size: int = 256,
-             seed: int = 0, overlap: float = 0.1, multi_image_fraction: float = 0.0,
+             seed: int = 0, overlap: float = 0.0, multi_image_fraction: float = 0.0,
              max_images_per_patient: int = 3) -> Path:
     """Write the phantom to `out_dir` (images/, masks/, manifest.csv); return the manifest path."""
     out = Path(out_dir)

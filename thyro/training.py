@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import fsspec
 import numpy as np
 import pandas as pd
 import torch
@@ -28,6 +27,7 @@ from thyro.losses import build_loss
 from thyro.manifest import load_manifest
 from thyro.modelcard import build_card
 from thyro.models import SPECS, build_model
+from thyro.storage import join, read_bytes, write_bytes
 from thyro.splits import leakage_report, make_splits, split_indices
 from thyro.transforms import Preset, resolve_preset
 
@@ -65,11 +65,6 @@ def resolve_preset_for(cfg: Config) -> Preset:
     return resolve_preset(p.preset, image_size=size, rotation_degrees=p.rotation_degrees, hflip_p=p.hflip_p)
 
 
-def _read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as f:
-        return f.read()
-
-
 @dataclass
 class RunResult:
     out: str
@@ -98,8 +93,14 @@ def summarize_test(cfg: Config, y: np.ndarray, prob: np.ndarray) -> dict:
 
 def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, source: str | None = None,
               splits: pd.DataFrame | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-              log: Callable[[str], None] = print, model_id: str | None = None) -> RunResult:
-    """Train `cfg.model` on split `cfg.split.repeat`, evaluate on its test part, save to `out`."""
+              log: Callable[[str], None] = print, model_id: str | None = None,
+              prepare_model: Callable | None = None, prepare_loader: Callable | None = None,
+              is_writer: bool = True) -> RunResult:
+    """Train `cfg.model` on split `cfg.split.repeat`, evaluate on its test part, save to `out`.
+
+    `prepare_model` / `prepare_loader` let a distributed runner wrap the model
+    (DDP) and shard the training loader; only the `is_writer` process saves.
+    """
     t0 = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -108,7 +109,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     if splits is None:
         splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
     train_idx, test_idx = split_indices(splits, manifest, cfg.split.repeat)
-    leak = leakage_report(manifest, train_idx, test_idx, _read_bytes, decode)
+    leak = leakage_report(manifest, train_idx, test_idx, read_bytes, decode)
     if leak["shared_patients"]:
         raise RuntimeError(f"split leaks patients across train/test: {leak['shared_patients'][:5]}")
     if leak["identical_images"] or leak["near_duplicates"]:
@@ -120,6 +121,12 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     device = resolve_device(cfg.train.device)
     train_loader, test_loader = make_loaders(cfg, manifest, train_idx, test_idx, preset)
     model = build_model(cfg.model.name, cfg.model.weights)
+    if cfg.train.channels_last:  # before any DDP wrapping, which fixes parameter layouts
+        model = model.to(memory_format=torch.channels_last)
+    if prepare_model is not None:
+        model = prepare_model(model)
+    if prepare_loader is not None:
+        train_loader = prepare_loader(train_loader)
     loss_fn = build_loss(cfg.train.loss, cfg.train.focal_gamma, cfg.train.focal_alpha)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     log(f"{cfg.model.name}: {len(train_idx)} train / {len(test_idx)} test images "
@@ -147,7 +154,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
                   "init": cfg.model.weights or "random", "seed": cfg.train.seed},
         cam_layer=SPECS[cfg.model.name].cam_layer, name=cfg.name)
     card["model_id"] = model_id or f"{cfg.name}-{cfg.model.name}-split{cfg.split.repeat}-{card['created']}"
-    checkpoint.save_run(out, model, card, config_to_yaml(cfg), m, preds, history)
-    with fsspec.open(checkpoint.join(out, "leakage.json"), "w", auto_mkdir=True) as f:
-        json.dump(leak, f, indent=2)
+    if is_writer:
+        write_bytes(join(out, "leakage.json"), json.dumps(leak, indent=2).encode())
+        checkpoint.save_run(out, getattr(model, "module", model), card, config_to_yaml(cfg), m, preds, history)
     return RunResult(out=out, metrics=m, card=card, seconds=time.perf_counter() - t0)

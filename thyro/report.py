@@ -1,0 +1,217 @@
+"""A self-contained HTML report of an experiment, for a clinician-researcher.
+
+Figures are PNGs written to `<out>/figures/` and embedded (base64) in
+`<out>/report.html`, so the one file can be mailed or archived.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from thyro import checkpoint, shape, storage
+from thyro.config import Config, config_to_yaml
+from thyro.modelcard import INTENDED_USE, package_versions
+
+# The study's published means over 10 splits (ResNet18); baselines were not
+# reported numerically in the summary thyro was built from.
+PUBLISHED = {"resnet18": {"auc": 0.997, "accuracy": 0.984, "recall": 0.978, "precision": 0.939, "f1": 0.957}}
+SHOWN = ("auc", "accuracy", "recall", "specificity", "precision", "f1")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str, name: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    data = buf.getvalue()
+    storage.write_bytes(storage.join(out, "figures", name), data)
+    return base64.b64encode(data).decode()
+
+
+def roc_figure(trials: pd.DataFrame, out: str) -> str:
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    models = list(trials["model"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.6), squeeze=False)
+    grid = np.linspace(0, 1, 101)
+    for ax, model in zip(axes[0], models):
+        tprs = []
+        for run in trials.loc[trials["model"] == model, "run"]:
+            p = checkpoint.load_predictions(run)
+            fpr, tpr, _ = roc_curve(p["label"], p["prob_malignant"])
+            ax.plot(fpr, tpr, color="0.7", lw=0.7)
+            tprs.append(np.interp(grid, fpr, tpr))
+        mean, sd = np.mean(tprs, 0), np.std(tprs, 0)
+        ax.fill_between(grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), alpha=0.25, color="C0")
+        ax.plot(grid, mean, color="C0", lw=2, label="mean over splits (band: ±1 sd)")
+        ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8)
+        auc = trials.loc[trials["model"] == model, "auc"]
+        ax.set_title(f"{model}: AUC {auc.mean():.3f} ± {auc.std(ddof=1) if len(auc) > 1 else 0:.3f}")
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    return _save(fig, out, "roc.png")
+
+
+def calibration_figure(trials: pd.DataFrame, out: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    bins = np.linspace(0, 1, 11)
+    for i, model in enumerate(trials["model"].unique()):
+        p = pd.concat([checkpoint.load_predictions(r) for r in trials.loc[trials["model"] == model, "run"]])
+        idx = np.minimum(np.digitize(p["prob_malignant"], bins) - 1, 9)
+        g = p.groupby(idx)
+        ax.plot(g["prob_malignant"].mean(), g["label"].mean(), marker="o", color=f"C{i}", label=model)
+    ax.plot([0, 1], [0, 1], ls=":", color="k")
+    ax.set_xlabel("predicted probability of malignancy")
+    ax.set_ylabel("observed fraction malignant")
+    ax.set_title("Calibration (test predictions, all splits)")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "calibration.png")
+
+
+def cam_grid_figure(run: str, manifest: pd.DataFrame, per_class: int, out: str) -> str | None:
+    from thyro.cam_analysis import load_cams
+    from thyro.decode import read_image
+
+    if not storage.exists(storage.join(run, "cams.npz")):
+        return None
+    plt = _plt()
+    ids, cams = load_cams(run)
+    m = manifest.set_index("image_id")
+    preds = checkpoint.load_predictions(run).set_index("image_id")
+    fig, axes = plt.subplots(2, per_class, figsize=(2.0 * per_class, 4.4), squeeze=False)
+    for row, label in enumerate((0, 1)):
+        chosen = [k for k, i in enumerate(ids) if m.loc[i, "label"] == label][:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col >= len(chosen):
+                continue
+            k = chosen[col]
+            img = read_image(m.loc[ids[k], "path"])[:, :, 0]
+            h, w = img.shape
+            ax.imshow(img, cmap="gray")
+            ax.imshow(cams[k].astype(np.float32), cmap="jet", alpha=0.4, extent=(0, w, h, 0))
+            if isinstance(m.loc[ids[k]].get("mask_path"), str):
+                from PIL import Image
+                mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(m.loc[ids[k], "mask_path"]))))
+                ax.contour(mask > 127, levels=[0.5], colors="w", linewidths=0.6)
+            ax.set_title(f"{'malignant' if label else 'benign'}  p={preds.loc[ids[k], 'prob_malignant']:.2f}",
+                         fontsize=7)
+    fig.suptitle("Grad-CAM on test images (white: true nodule outline, where known)", fontsize=9)
+    return _save(fig, out, "cam_grid.png")
+
+
+def shape_analysis(trials: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Per-image CAM features averaged over the splits in which the image was a test
+    image (one observation per image, so overlapping splits do not inflate n)."""
+    runs = trials.loc[trials["model"] == reference, "run"]
+    frames = [pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(r, "cam_features.csv"))))
+              for r in runs if storage.exists(storage.join(r, "cam_features.csv"))]
+    if not frames:
+        return None
+    per_image = pd.concat(frames).groupby("image_id").mean(numeric_only=True).reset_index()
+    per_image["label"] = per_image["label"].round().astype(int)
+    return per_image, shape.compare_groups(per_image)
+
+
+def shape_figure(per_image: pd.DataFrame, tests: pd.DataFrame, out: str) -> str:
+    plt = _plt()
+    feats = [f for f in shape.FEATURES if f in per_image]
+    fig, axes = plt.subplots(1, len(feats), figsize=(2.2 * len(feats), 3.0), squeeze=False)
+    t = tests.set_index("feature")
+    for ax, f in zip(axes[0], feats):
+        data = [per_image.loc[per_image["label"] == c, f].dropna() for c in (0, 1)]
+        ax.boxplot(data, tick_labels=["benign", "malignant"], widths=0.6)
+        ax.set_title(f"{f}\nHolm p={t.loc[f, 'p_holm']:.3g}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Shape of the Grad-CAM highlighted region (reference model)", fontsize=9, y=1.08)
+    return _save(fig, out, "cam_shape.png")
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    return df.to_html(index=False, border=0, classes="t", float_format=lambda x: floatfmt.format(x), na_rep="—")
+
+
+def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFrame,
+                 manifest: pd.DataFrame, run_dir: Callable) -> str:
+    ref = cfg.experiment.reference_model
+    rows = []
+    for _, s in summary.iterrows():
+        r = {"model": s["model"], "splits": int(s["n_splits"])}
+        for k in SHOWN:
+            r[k] = f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_sd']:.3f} [{s[f'{k}_ci_low']:.3f}, {s[f'{k}_ci_high']:.3f}]"
+        pub = PUBLISHED.get(s["model"], {})
+        r["study (published)"] = ", ".join(f"{k} {v:.3f}" for k, v in pub.items()) or "—"
+        if s["model"] != ref and "p_vs_reference_corrected_t" in s:
+            r[f"vs {ref}"] = (f"ΔAUC {s['auc_diff_vs_reference_mean']:+.3f}, corrected t p={s['p_vs_reference_corrected_t']:.3g}; "
+                              f"DeLong median p={s['delong_p_median']:.3g} ({int(s['delong_splits_p_lt_0.05'])}/"
+                              f"{int(s['n_splits'])} splits p<0.05)")
+        else:
+            r[f"vs {ref}"] = "reference"
+        r["ECE"] = f"{s['ece_mean']:.3f}"
+        r[f"specificity @ sens≥{cfg.eval.target_sensitivity:.2f}"] = f"{s['specificity_at_target_sensitivity_mean']:.3f}"
+        rows.append(r)
+    parts = [f"<h1>thyro experiment: {html.escape(cfg.name)}</h1>",
+             f"<p class=warn><b>{html.escape(INTENDED_USE)}</b></p>",
+             "<h2>Performance over splits</h2>",
+             "<p>mean ± sd [bootstrap 95% CI of the mean] over the train/test splits; each split is a "
+             f"stratified {1 - cfg.split.test_size:.0%}/{cfg.split.test_size:.0%} partition grouped by patient. "
+             "Model comparisons use DeLong's test per split and the corrected resampled t-test "
+             "(Nadeau &amp; Bengio) across splits, because splits share patients.</p>",
+             pd.DataFrame(rows).to_html(index=False, border=0, classes="t", escape=True),
+             f'<img src="data:image/png;base64,{roc_figure(trials, out)}">',
+             f'<img src="data:image/png;base64,{calibration_figure(trials, out)}">']
+    first = trials.loc[trials["model"] == ref].sort_values("split")
+    if len(first):
+        grid = cam_grid_figure(first["run"].iloc[0], manifest, cfg.experiment.cam_grid_per_class, out)
+        if grid:
+            parts += ["<h2>Grad-CAM examples</h2>", f'<img src="data:image/png;base64,{grid}">']
+    sa = shape_analysis(trials, ref)
+    if sa is not None:
+        per_image, tests = sa
+        storage.write_bytes(storage.join(out, "cam_shape_tests.csv"), tests.to_csv(index=False).encode())
+        parts += ["<h2>Does the highlighted region's shape differ between benign and malignant?</h2>",
+                  f"<p>{len(per_image)} test images (features averaged over the splits where each was a test image); "
+                  "two-sided Mann-Whitney U per feature, rank-biserial effect size (positive: larger in malignant), "
+                  "Holm-corrected across features.</p>",
+                  _table(tests.drop(columns=["U"], errors="ignore"), "{:.3g}"),
+                  f'<img src="data:image/png;base64,{shape_figure(per_image, tests, out)}">']
+        if "energy_inside" in per_image:
+            loc = per_image.groupby("label")[["energy_inside", "pointing_hit"]].mean()
+            loc.index = ["benign" if i == 0 else "malignant" for i in loc.index]
+            parts += ["<h2>Localisation against the true nodule mask (phantom)</h2>",
+                      "<p>energy_inside: share of the map's energy inside the nodule; pointing_hit: share of maps "
+                      "whose maximum lies inside it.</p>", _table(loc.reset_index(names="class"))]
+    n_mal = int(manifest["label"].sum())
+    parts += ["<h2>Data</h2>",
+              f"<p>{len(manifest)} images ({len(manifest) - n_mal} benign, {n_mal} malignant) from "
+              f"{manifest['patient_id'].nunique()} patients.</p>",
+              "<h2>Per-trial results</h2>",
+              _table(trials[["model", "split", *SHOWN, "ece", "n_train", "n_test"]]),
+              "<h2>Configuration</h2>", f"<pre>{html.escape(config_to_yaml(cfg))}</pre>",
+              "<h2>Software</h2>", f"<pre>{html.escape(str(package_versions()))}</pre>"]
+    style = ("<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+             "table.t{border-collapse:collapse;font-size:12px}table.t td,table.t th{padding:3px 8px;"
+             "border-bottom:1px solid #ddd;text-align:left}.warn{background:#fff3cd;padding:8px}"
+             "img{max-width:100%}</style>")
+    doc = f"<!doctype html><html><head><meta charset=utf-8><title>thyro report</title>{style}</head><body>{''.join(parts)}</body></html>"
+    uri = storage.join(out, "report.html")
+    storage.write_bytes(uri, doc.encode())
+    return uri

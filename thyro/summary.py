@@ -1,0 +1,98 @@
+"""Aggregate an experiment's trials into honest per-model statistics.
+
+Per model over splits: mean, sd and a bootstrap 95% CI of each metric;
+expected calibration error; the threshold reaching the target sensitivity and
+the specificity there. Against the reference model (ResNet18): DeLong's test
+on the same test images in each split, and, across splits, the corrected
+resampled t-test of Nadeau & Bengio (2003), which accounts for the overlap of
+repeated random splits that a naive pooling of p-values ignores.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from thyro import checkpoint, metrics, storage
+from thyro.config import Config
+
+METRICS = ("auc", "accuracy", "recall", "precision", "f1", "specificity")
+
+
+def collect_trials(out: str, models: list[str], splits: list[int], run_dir: Callable) -> pd.DataFrame:
+    rows = []
+    for model in models:
+        for s in splits:
+            rd = run_dir(out, model, s)
+            m = json.loads(storage.read_bytes(storage.join(rd, "metrics.json")))
+            card = checkpoint.load_card(rd)
+            t = m["at_target_sensitivity"]
+            rows.append({"model": model, "split": s, **{k: m[k] for k in METRICS}, "ece": m["ece"],
+                         "threshold_at_target_sensitivity": t["threshold"],
+                         "specificity_at_target_sensitivity": t["specificity"],
+                         "n_train": card["split"]["n_train"], "n_test": card["split"]["n_test"],
+                         "run": rd, "model_id": card.get("model_id")})
+    return pd.DataFrame(rows)
+
+
+def corrected_resampled_ttest(diffs, n_train: int, n_test: int) -> float:
+    """Nadeau & Bengio (2003): variance inflated by n_test/n_train for overlapping splits."""
+    d = np.asarray(diffs, float)
+    j = len(d)
+    if j < 2:
+        return float("nan")
+    var = d.var(ddof=1)
+    if var == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    t = d.mean() / np.sqrt((1 / j + n_test / n_train) * var)
+    return float(2 * stats.t.sf(abs(t), j - 1))
+
+
+def delong_vs_reference(out: str, trials: pd.DataFrame, reference: str, run_dir: Callable) -> pd.DataFrame:
+    """DeLong p-value of reference vs every other model, per split."""
+    rows = []
+    for model in trials["model"].unique():
+        if model == reference:
+            continue
+        for s in sorted(trials.loc[trials["model"] == model, "split"]):
+            a = checkpoint.load_predictions(run_dir(out, reference, s))
+            b = checkpoint.load_predictions(run_dir(out, model, s))
+            j = a.merge(b, on=["image_id", "label"], suffixes=("_ref", "_model"))
+            r = metrics.delong_test(j["label"], j["prob_malignant_ref"], j["prob_malignant_model"])
+            rows.append({"model": model, "split": s, "auc_reference": r["auc1"], "auc_model": r["auc2"],
+                         "z": r["z"], "p": r["p"]})
+    return pd.DataFrame(rows)
+
+
+def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable,
+              manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    ref = cfg.experiment.reference_model
+    dl = delong_vs_reference(out, trials, ref, run_dir)
+    if len(dl):
+        storage.write_bytes(storage.join(out, "delong.csv"), dl.to_csv(index=False).encode())
+    rows = []
+    for model, g in trials.groupby("model", sort=False):
+        row = {"model": model, "n_splits": len(g)}
+        for k in METRICS:
+            v = g[k].to_numpy(float)
+            lo, hi = metrics.mean_ci(v, seed=cfg.split.seed)
+            row.update({f"{k}_mean": float(np.nanmean(v)), f"{k}_sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else float("nan"),
+                        f"{k}_ci_low": lo, f"{k}_ci_high": hi})
+        row["ece_mean"] = float(g["ece"].mean())
+        row["threshold_at_target_sensitivity_mean"] = float(g["threshold_at_target_sensitivity"].mean())
+        row["specificity_at_target_sensitivity_mean"] = float(g["specificity_at_target_sensitivity"].mean())
+        if model != ref and len(dl):
+            d = dl[dl["model"] == model]
+            row["delong_p_median"] = float(d["p"].median())
+            row["delong_splits_p_lt_0.05"] = int((d["p"] < 0.05).sum())
+            gm = trials[trials["model"] == ref].set_index("split")["auc"]
+            diffs = (gm.loc[g["split"]].to_numpy() - g["auc"].to_numpy())
+            row["auc_diff_vs_reference_mean"] = float(diffs.mean())
+            row["p_vs_reference_corrected_t"] = corrected_resampled_ttest(
+                diffs, int(g["n_train"].mean()), int(g["n_test"].mean()))
+        rows.append(row)
+    return pd.DataFrame(rows)
