@@ -49,7 +49,9 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
     """One local Ray head shared by every Ray test (started once: it costs seconds).
 
     Token auth is set explicitly (Ray 2.60 otherwise picks it up from a stray
-    ~/.ray/auth_token). Stopped with SIGINT, which ends this cluster only.
+    ~/.ray/auth_token). The dashboard must run: Ray Train's placement-group
+    cleanup asks its state API, and without it finished trials keep their CPUs.
+    Stopped with SIGINT, which ends this cluster only.
     """
     import signal
     import subprocess
@@ -64,7 +66,8 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     ray_bin = str(Path(sys.executable).parent / "ray")
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                             "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={_free_port()}", "--disable-usage-stats",
                              f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

@@ -77,6 +77,21 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from thyro.ray_tune import run_tune
+
+    cfg = _config(args, {"data.source": args.data})
+    res = run_tune(cfg, args.out)
+    print(f"\n{'val_auc':>8}  {'epochs':>6}  hyperparameters (best first)")
+    for _, r in res.trials.head(10).iterrows():
+        hp = ", ".join(f"{k.split('.')[1]}={r[k]:.3g}" if isinstance(r[k], float) else f"{k.split('.')[1]}={r[k]}"
+                       for k in res.best_params)
+        print(f"{r['val_auc']:>8.3f}  {int(r['epochs_run']):>6}  {hp}")
+    print(f"\n{len(res.trials)} configurations in {res.seconds:.0f}s; best config: {res.best_config}")
+    print(f"next: thyro experiment --config {res.best_config}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thyro", description="Thyroid nodule ultrasound classification "
                                  "with Grad-CAM (research use only, not for diagnosis).")
@@ -108,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/experiment", help="output folder or s3:// URI")
     _add_config_args(p)
     p.set_defaults(fn=cmd_experiment)
+
+    p = sub.add_parser("tune", help="hyperparameter search (Ray Tune, ASHA, nested inner splits)")
+    p.add_argument("--data", help="folder, CSV manifest or 'phantom' (default: config)")
+    p.add_argument("--out", default="runs/tune", help="output folder or s3:// URI")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_tune)
     return ap
 
 

@@ -156,6 +156,28 @@ class RayConfig(_Section):
     storage_path: Optional[str] = None
 
 
+class SearchConfig(_Section):
+    """Hyperparameter search (`thyro tune`). Ranges are [low, high]; lists are choices."""
+    num_samples: int = Field(16, ge=1)
+    # Nested: configurations are scored on inner splits of this outer split's
+    # training portion; its test portion is never seen.
+    outer_split: int = Field(0, ge=0)
+    inner_splits: int = Field(2, ge=1)
+    inner_test_size: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = 0
+    # ASHA: a trial runs at least `grace_period` epochs before it can be stopped.
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    lr: list[float] = Field(default_factory=lambda: [1e-5, 1e-3], min_length=2, max_length=2)
+    weight_decay: list[float] = Field(default_factory=lambda: [1e-6, 1e-3], min_length=2, max_length=2)
+    focal_gamma: list[float] = Field(default_factory=lambda: [0.0, 3.0], min_length=2, max_length=2)
+    focal_alpha: list[Optional[float]] = Field(default_factory=lambda: [None, 0.25, 0.5, 0.75], min_length=1)
+    batch_size: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
+    rotation_degrees: list[float] = Field(default_factory=lambda: [0.0, 30.0], min_length=2, max_length=2)
+    hflip_p: list[float] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)
+    image_size: list[int] = Field(default_factory=lambda: [224], min_length=1)
+
+
 class StorageConfig(_Section):
     # S3-compatible endpoint for every s3:// URI (MinIO, Ceph, moto, ...);
     # null uses AWS. Credentials always come from the environment.
@@ -173,6 +195,7 @@ class Config(_Section):
     cam: CamConfig = Field(default_factory=CamConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tune: SearchConfig = Field(default_factory=SearchConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     # Free text carried into the model card and reports.
     name: str = "thyro"

@@ -13,8 +13,6 @@ are the source of truth, so a resumed experiment ends with the same summary.
 
 from __future__ import annotations
 
-import io
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +21,8 @@ import pandas as pd
 
 from thyro import checkpoint, storage
 from thyro.config import Config, config_to_dict, config_to_yaml
+from thyro.inputs import prepare_inputs, read_parquet, write_parquet
+from thyro.ray_common import init_ray, make_trainer, trial_setup, worker_setup
 
 EXPERIMENT_NAME = "experiment"
 
@@ -31,55 +31,21 @@ def run_dir(out: str, model: str, repeat: int) -> str:
     return storage.join(out, "runs", model, f"split{repeat:02d}")
 
 
-def _read_parquet(uri: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-
-
-def _write_parquet(uri: str, df: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    storage.write_bytes(uri, buf.getvalue())
-
-
-def prepare_inputs(cfg: Config, out: str, log: Callable[[str], None] = print) -> tuple[str, str]:
-    """Write manifest.parquet and splits.parquet once; on resume, reuse (and check) them."""
-    from thyro.splits import make_splits
-    from thyro.training import resolve_manifest
-
-    m_uri, s_uri = storage.join(out, "manifest.parquet"), storage.join(out, "splits.parquet")
-    if storage.exists(m_uri) and storage.exists(s_uri):
-        log(f"reusing the manifest and split table in {out}")
-        return m_uri, s_uri
-    manifest, source = resolve_manifest(cfg.data)
-    manifest["path"] = [storage.absolute(p) for p in manifest["path"]]
-    if "mask_path" in manifest:
-        manifest["mask_path"] = [storage.absolute(p) if isinstance(p, str) else p for p in manifest["mask_path"]]
-    manifest.attrs = {}
-    splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
-    _write_parquet(m_uri, manifest)
-    _write_parquet(s_uri, splits)
-    storage.write_bytes(storage.join(out, "data_source.txt"), str(source).encode())
-    return m_uri, s_uri
-
-
 # --- inside Ray ------------------------------------------------------------------
 
 def _train_worker(config: dict) -> None:
     """One Ray Train worker: train one model on one split (DDP when num_workers > 1)."""
     import ray.train
     import ray.train.torch
-    import torch
 
     from thyro.training import train_run
 
     cfg = Config.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    cfg.train.device = str(device)
-    manifest = _read_parquet(config["manifest"])
-    splits = _read_parquet(config["splits"])
+    device = cfg.train.device = worker_setup(cfg)
+    manifest = read_parquet(config["manifest"])
+    splits = read_parquet(config["splits"])
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
 
     def on_epoch(epoch: int, rec: dict) -> None:
@@ -95,7 +61,7 @@ def _train_worker(config: dict) -> None:
     if rank == 0 and config.get("cam_analysis"):
         from thyro.cam_analysis import analyse_run
 
-        analyse_run(config["run_dir"], manifest, size=config["cam_size"], device=str(device))
+        analyse_run(config["run_dir"], manifest, size=config["cam_size"], device=device)
     final = {k: res.metrics[k] for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1")}
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
@@ -103,13 +69,11 @@ def _train_worker(config: dict) -> None:
 def _trial(config: dict) -> None:
     """A Tune trial: drive one TorchTrainer, or report a run that is already complete."""
     import ray.tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = Config.model_validate(config["cfg"])
     cfg.model.name = config["model"]
     cfg.split.repeat = int(config["repeat"])
+    trial_setup(cfg)
     out = config["out"]
     rd = run_dir(out, cfg.model.name, cfg.split.repeat)
     if checkpoint.is_complete(rd):  # finished before an interruption: never redo it
@@ -117,21 +81,13 @@ def _trial(config: dict) -> None:
         ray.tune.report({"model": cfg.model.name, "repeat": cfg.split.repeat, "done": True, "resumed": True,
                          **{f"test_{k}": v for k, v in m.items()}})
         return
-    r = cfg.ray
-    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
-    fs, path = storage.pyarrow_filesystem(config["storage_path"])
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         _train_worker,
-        train_loop_config={"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"],
-                           "splits": config["splits"], "source": config.get("source"),
-                           "cam_analysis": cfg.experiment.cam_analysis and cfg.model.name == cfg.experiment.reference_model,
-                           "cam_size": cfg.experiment.cam_size},
-        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
-                             storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             callbacks=[TuneReportCallback()]),
-    )
+        {"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"], "splits": config["splits"],
+         "source": config.get("source"), "cam_size": cfg.experiment.cam_size,
+         "cam_analysis": cfg.experiment.cam_analysis and cfg.model.name == cfg.experiment.reference_model},
+        cfg, f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
+        config["storage_path"])
     trainer.fit()
 
 
@@ -146,31 +102,6 @@ class ExperimentResult:
     seconds: float
 
 
-def ray_env() -> dict[str, str]:
-    """Ray settings every process of the job needs.
-
-    A Train worker group that cannot start within the timeout (60 s by
-    default) is retried with a new placement group while the old one is kept,
-    which on a small machine locks all CPUs; waiting for the previous trial's
-    resources instead is what a queue of trials needs.
-    """
-    key = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-    os.environ.setdefault(key, "1800")
-    return {key: os.environ[key]}
-
-
-def _init_ray(cfg: Config, env: dict) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Workers get the endpoint settings (never credentials; those come from
-    # each node's environment) and must find thyro even under a working_dir.
-    ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS"),
-             runtime_env={"env_vars": env} if env else None,
-             log_to_driver=True, configure_logging=True, logging_level="WARNING")
-
-
 def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) -> ExperimentResult:
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
@@ -179,7 +110,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     from thyro.summary import collect_trials, summarize
 
     t0 = time.perf_counter()
-    env = {**storage.configure(cfg.storage.endpoint_url, cfg.storage.region), **ray_env()}
+    init_ray(cfg)
     out = storage.absolute(out)
     m_uri, s_uri = prepare_inputs(cfg, out, log)
     storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
@@ -189,7 +120,6 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
     storage_path = cfg.ray.storage_path or storage.join(out, "ray")
     fs, path = storage.pyarrow_filesystem(storage_path)
-    _init_ray(cfg, env)
 
     trainable = ray.tune.with_resources(_trial, {"cpu": cfg.ray.trial_driver_cpus})
     exp_path = storage.join(storage_path, EXPERIMENT_NAME)
@@ -213,10 +143,10 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     if missing:
         raise RuntimeError(f"experiment incomplete: {len(missing)} trial(s) did not finish, e.g. "
                            f"{missing[0][0]} split {missing[0][1]}; run the same command again to resume")
-    manifest = _read_parquet(m_uri)
+    manifest = read_parquet(m_uri)
     trials = collect_trials(out, models, splits, run_dir)
     summary = summarize(cfg, trials, out, run_dir, manifest)
-    _write_parquet(storage.join(out, "trials.parquet"), trials.drop(columns=["predictions"], errors="ignore"))
+    write_parquet(storage.join(out, "trials.parquet"), trials.drop(columns=["predictions"], errors="ignore"))
     storage.write_bytes(storage.join(out, "summary.csv"), summary.to_csv(index=False).encode())
     report = write_report(cfg, out, trials, summary, manifest, run_dir)
     return ExperimentResult(out=out, trials=trials, summary=summary, report=report,

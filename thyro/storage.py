@@ -63,5 +63,10 @@ def pyarrow_filesystem(uri: str):
     files and thyro's."""
     import pyarrow.fs as pafs
 
-    fs, path = fsspec.core.url_to_fs(uri)
+    options = {}
+    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        # Pickled into Ray's controller and workers: carry the endpoint along
+        # (never credentials), since their environment may not have it.
+        options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    fs, path = fsspec.core.url_to_fs(uri, **options)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

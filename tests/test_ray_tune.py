@@ -1,0 +1,25 @@
+"""The tune job: ASHA over nested inner splits, on the shared local Ray cluster."""
+
+import pytest
+
+from thyro.config import load_config
+from thyro.ray_tune import run_tune
+
+pytestmark = pytest.mark.ray
+
+
+def test_tune_smoke_writes_a_config_the_experiment_accepts(ray_cluster, tiny_phantom, tmp_path):
+    cfg = load_config(None, [{
+        "data": {"source": str(tiny_phantom)},
+        "preprocess": {"image_size": 64},
+        "train": {"epochs": 2, "precision": "fp32"},
+        "tune": {"num_samples": 3, "grace_period": 1, "inner_splits": 2, "image_size": [64],
+                 "batch_size": [8], "lr": [1e-4, 1e-3]},
+        "ray": {"cpus_per_worker": 0.99, "max_concurrent_trials": 2, "max_failures": 0},
+    }])
+    res = run_tune(cfg, str(tmp_path / "tune"), log=lambda s: None)
+    assert len(res.trials) == 3 and (tmp_path / "tune" / "tune_results.csv").exists()
+    best = load_config(res.best_config)  # the same loader `thyro experiment` uses
+    assert 1e-4 <= best.train.lr <= 1e-3 and best.train.batch_size == 8
+    assert best.train.lr == res.best_params["train.lr"]
+    assert best.experiment.models == cfg.experiment.models  # everything else carried over

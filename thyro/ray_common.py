@@ -1,0 +1,76 @@
+"""Ray touchpoints shared by the experiment and tune jobs."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from thyro import storage
+from thyro.config import Config
+
+
+def ray_env() -> dict[str, str]:
+    """Ray settings every process of a job needs.
+
+    A Train worker group waits at most 60 s for its resources by default; with
+    trials queued behind each other on a small machine that is too short, and
+    a failed start costs the trial.
+    """
+    key = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    os.environ.setdefault(key, "1800")
+    return {key: os.environ[key]}
+
+
+def init_ray(cfg: Config) -> dict[str, str]:
+    """Connect to (or start) Ray; return the env vars the job's workers receive.
+
+    Workers get the storage endpoint settings, never credentials: those come
+    from each node's own environment or workload identity.
+    """
+    import ray
+
+    env = {**storage.configure(cfg.storage.endpoint_url, cfg.storage.region), **ray_env()}
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS"),
+                 runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING")
+    return env
+
+
+def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage_path: str):
+    """A TorchTrainer whose every report reaches the enclosing Tune trial."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = cfg.ray
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    fs, path = storage.pyarrow_filesystem(storage_path)
+    return TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             callbacks=[TuneReportCallback()]),
+    )
+
+
+def trial_setup(cfg: Config) -> None:
+    """Inside a Tune trial: storage endpoint, and the Train settings its controller
+    inherits (Ray Train propagates them to the controller and workers)."""
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    ray_env()
+
+
+def worker_setup(cfg: Config) -> str:
+    """Storage, thread count and device inside a Ray Train worker; returns the device.
+
+    Set from the config in every process rather than through the job's runtime
+    env, which a driver that joined an existing Ray session does not control.
+    """
+    import ray.train.torch
+    import torch
+
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    return str(ray.train.torch.get_device())

@@ -1,0 +1,58 @@
+"""Nested validation for hyperparameter search: the outer test split is never seen.
+
+Inside one outer split's training portion, `inner_folds` draws patient-grouped,
+stratified inner train/validation splits; `inner_cv_epochs` trains one model
+per inner split in lockstep and yields the mean validation AUC after every
+epoch, so a scheduler (ASHA) can stop a poor configuration early.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyro.config import Config
+from thyro.engine import predict_proba, resolve_device, train_one_epoch
+from thyro.losses import build_loss
+from thyro.metrics import binary_metrics
+from thyro.models import build_model
+from thyro.splits import make_splits, split_indices
+
+
+def inner_folds(manifest: pd.DataFrame, splits: pd.DataFrame, outer: int, n_inner: int,
+                test_size: float, seed: int) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
+    """-> (the outer training portion, [(inner train idx, inner val idx)] into it)."""
+    train_idx, _ = split_indices(splits, manifest, outer)
+    portion = manifest.iloc[train_idx].reset_index(drop=True)
+    inner = make_splits(portion, n_inner, test_size, seed)
+    return portion, [split_indices(inner, portion, k) for k in range(n_inner)]
+
+
+def inner_cv_epochs(cfg: Config, portion: pd.DataFrame, folds: list[tuple[np.ndarray, np.ndarray]],
+                    device: str = "auto") -> Iterator[dict]:
+    from thyro.training import make_loaders, resolve_preset_for, seed_everything
+
+    dev = resolve_device(device)
+    seed_everything(cfg.train.seed)
+    preset = resolve_preset_for(cfg)
+    loss_fn = build_loss(cfg.train.loss, cfg.train.focal_gamma, cfg.train.focal_alpha)
+    state = []
+    for tr, va in folds:
+        train_loader, val_loader = make_loaders(cfg, portion, tr, va, preset)
+        model = build_model(cfg.model.name, cfg.model.weights).to(dev)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        state.append((model, opt, train_loader, val_loader))
+    for epoch in range(1, cfg.train.epochs + 1):
+        aucs, losses = [], []
+        for model, opt, train_loader, val_loader in state:
+            tr = train_one_epoch(model, train_loader, loss_fn, opt, dev, cfg.train.precision, cfg.train.channels_last)
+            y, p = predict_proba(model, val_loader, dev, cfg.train.precision, cfg.train.channels_last)
+            aucs.append(binary_metrics(y, p)["auc"])
+            losses.append(tr["loss"])
+        yield {"epoch": epoch, "val_auc": float(np.mean(aucs)), "val_auc_sd": float(np.std(aucs)),
+               "train_loss": float(np.mean(losses))}
