@@ -92,6 +92,18 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from thyro.ray_score import run_score
+
+    cfg = _config(args, {})
+    res = run_score(cfg, args.model, args.input, args.output)
+    c = res.counts
+    print(f"\nscored {c['discovered']} inputs in {res.seconds:.0f}s: {c['ok']} ok, {c['error']} error rows "
+          f"({c['previously_scored']} rows were already in the output)")
+    print(f"parquet: {res.output}/predictions/  overlays: {res.output}/overlays/  manifest: {res.output}/run_manifest.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thyro", description="Thyroid nodule ultrasound classification "
                                  "with Grad-CAM (research use only, not for diagnosis).")
@@ -129,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/tune", help="output folder or s3:// URI")
     _add_config_args(p)
     p.set_defaults(fn=cmd_tune)
+
+    p = sub.add_parser("score", help="score an archive with a saved run (Ray Data): Parquet + Grad-CAM overlays")
+    p.add_argument("--model", required=True, help="saved run folder or URI (thyro train / experiment)")
+    p.add_argument("--input", required=True, help="folder, s3:// prefix, .zip, .tar(.gz), .csv manifest or a file")
+    p.add_argument("--output", required=True, help="output folder or s3:// URI")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_score)
     return ap
 
 

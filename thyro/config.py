@@ -178,6 +178,27 @@ class SearchConfig(_Section):
     image_size: list[int] = Field(default_factory=lambda: [224], min_length=1)
 
 
+class ScoreConfig(_Section):
+    # DICOM multi-frame: score the first, the middle, or every frame (`frame` column).
+    frames: Literal["first", "middle", "all"] = "first"
+    batch_size: int = Field(32, ge=1)
+    # Inputs handed to Ray Data at a time: bounds the driver's memory.
+    chunk_size: int = Field(2000, ge=1)
+    # Predictor actor pool; on 2 CPUs a whole CPU per actor starves the read tasks.
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_read_task: float = Field(0.5, gt=0)
+    threads: int = Field(0, ge=0)  # torch threads per actor; 0: torch's default
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    cam_size: int = Field(56, ge=8, le=512)
+    overlays: bool = True
+    # Row ids and overlay names are hashes of the input URI (paths can carry
+    # names); a secret salt also stops guessing them from a known path.
+    hash_salt: str = ""
+
+
 class StorageConfig(_Section):
     # S3-compatible endpoint for every s3:// URI (MinIO, Ceph, moto, ...);
     # null uses AWS. Credentials always come from the environment.
@@ -196,6 +217,7 @@ class Config(_Section):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: SearchConfig = Field(default_factory=SearchConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     # Free text carried into the model card and reports.
     name: str = "thyro"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 from thyro import storage
@@ -34,6 +35,28 @@ def init_ray(cfg: Config) -> dict[str, str]:
         ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS"),
                  runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING")
     return env
+
+
+@dataclass
+class JobPaths:
+    out: str           # absolute output folder or URI
+    manifest: str      # manifest.parquet
+    splits: str        # splits.parquet
+    storage_path: str  # where Ray Tune/Train keep their state
+    fs: object         # pyarrow filesystem for storage_path
+    fs_path: str       # storage_path without its scheme
+
+
+def job_setup(cfg: Config, out: str, log: Callable[[str], None]) -> JobPaths:
+    """What every Ray job does first: connect, resolve the output, write the inputs once."""
+    from thyro.inputs import prepare_inputs
+
+    init_ray(cfg)
+    out = storage.absolute(out)
+    m_uri, s_uri = prepare_inputs(cfg, out, log)
+    storage_path = cfg.ray.storage_path or storage.join(out, "ray")
+    fs, path = storage.pyarrow_filesystem(storage_path)
+    return JobPaths(out, m_uri, s_uri, storage_path, fs, path)
 
 
 def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage_path: str):

@@ -21,8 +21,8 @@ import pandas as pd
 
 from thyro import checkpoint, storage
 from thyro.config import Config, config_to_dict, config_to_yaml
-from thyro.inputs import prepare_inputs, read_parquet, write_parquet
-from thyro.ray_common import init_ray, make_trainer, trial_setup, worker_setup
+from thyro.inputs import read_parquet, write_parquet
+from thyro.ray_common import job_setup, make_trainer, trial_setup, worker_setup
 
 EXPERIMENT_NAME = "experiment"
 
@@ -110,17 +110,13 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     from thyro.summary import collect_trials, summarize
 
     t0 = time.perf_counter()
-    init_ray(cfg)
-    out = storage.absolute(out)
-    m_uri, s_uri = prepare_inputs(cfg, out, log)
+    job = job_setup(cfg, out, log)
+    out, storage_path, fs, path = job.out, job.storage_path, job.fs, job.fs_path
     storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
     splits = cfg.experiment.splits if cfg.experiment.splits is not None else list(range(cfg.split.n_repeats))
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
-    storage_path = cfg.ray.storage_path or storage.join(out, "ray")
-    fs, path = storage.pyarrow_filesystem(storage_path)
-
     trainable = ray.tune.with_resources(_trial, {"cpu": cfg.ray.trial_driver_cpus})
     exp_path = storage.join(storage_path, EXPERIMENT_NAME)
     if Tuner.can_restore(storage.join(path, EXPERIMENT_NAME), storage_filesystem=fs):
@@ -131,7 +127,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
         tuner = Tuner(
             trainable,
             param_space={"model": ray.tune.grid_search(models), "repeat": ray.tune.grid_search(splits),
-                         "cfg": config_to_dict(cfg), "out": out, "manifest": m_uri, "splits": s_uri,
+                         "cfg": config_to_dict(cfg), "out": out, "manifest": job.manifest, "splits": job.splits,
                          "storage_path": storage_path},
             tune_config=TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
             run_config=RunConfig(name=EXPERIMENT_NAME, storage_path=path, storage_filesystem=fs,
@@ -143,7 +139,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     if missing:
         raise RuntimeError(f"experiment incomplete: {len(missing)} trial(s) did not finish, e.g. "
                            f"{missing[0][0]} split {missing[0][1]}; run the same command again to resume")
-    manifest = read_parquet(m_uri)
+    manifest = read_parquet(job.manifest)
     trials = collect_trials(out, models, splits, run_dir)
     summary = summarize(cfg, trials, out, run_dir, manifest)
     write_parquet(storage.join(out, "trials.parquet"), trials.drop(columns=["predictions"], errors="ignore"))

@@ -18,8 +18,8 @@ import yaml
 
 from thyro import storage
 from thyro.config import Config, config_to_dict, load_config
-from thyro.inputs import prepare_inputs, read_parquet
-from thyro.ray_common import init_ray, make_trainer, trial_setup, worker_setup
+from thyro.inputs import read_parquet
+from thyro.ray_common import job_setup, make_trainer, trial_setup, worker_setup
 
 METRIC = "val_auc"
 
@@ -89,21 +89,18 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     from ray.tune.schedulers import ASHAScheduler
 
     t0 = time.perf_counter()
-    init_ray(cfg)
-    out = storage.absolute(out)
-    m_uri, s_uri = prepare_inputs(cfg, out, log)
-    storage_path = cfg.ray.storage_path or storage.join(out, "ray")
-    fs, path = storage.pyarrow_filesystem(storage_path)
+    job = job_setup(cfg, out, log)
+    out = job.out
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=cfg.train.epochs,
                               grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
                               reduction_factor=cfg.tune.reduction_factor)
     tuner = Tuner(
         ray.tune.with_resources(_search_trial, {"cpu": cfg.ray.trial_driver_cpus}),
-        param_space={"params": search_space(cfg), "cfg": config_to_dict(cfg), "manifest": m_uri,
-                     "splits": s_uri, "storage_path": storage_path},
+        param_space={"params": search_space(cfg), "cfg": config_to_dict(cfg), "manifest": job.manifest,
+                     "splits": job.splits, "storage_path": job.storage_path},
         tune_config=TuneConfig(num_samples=cfg.tune.num_samples, scheduler=scheduler,
                                max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
-        run_config=RunConfig(name="tune", storage_path=path, storage_filesystem=fs),
+        run_config=RunConfig(name="tune", storage_path=job.fs_path, storage_filesystem=job.fs),
     )
     log(f"tune: {cfg.tune.num_samples} configurations, ASHA, nested inner splits of outer split "
         f"{cfg.tune.outer_split} -> {out}")

@@ -1,0 +1,184 @@
+"""The score job end to end on the shared local Ray cluster."""
+
+import io
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from thyro import storage
+from thyro.config import load_config
+from thyro.ray_score import run_score
+
+pytestmark = pytest.mark.ray
+
+SCORE = {"score": {"batch_size": 8, "cam_size": 16, "actors": 1, "cpus_per_actor": 0.5,
+                   "cpus_per_read_task": 0.5, "frames": "all", "chunk_size": 50}}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_phantom, tmp_path_factory):
+    from thyro.training import train_run
+
+    out = tmp_path_factory.mktemp("scorerun")
+    cfg = load_config(None, [{"data": {"source": str(tiny_phantom)}, "preprocess": {"image_size": 64},
+                              "train": {"epochs": 1, "batch_size": 8}, "eval": {"bootstrap": 0}}])
+    train_run(cfg, str(out), log=lambda s: None)
+    return str(out)
+
+
+def _png(arr, mode=None):
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _dicom_bytes(frames: np.ndarray, photometric: str) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundMultiFrameImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "MRN-998877", "St Elsewhere"
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    color = frames.ndim == 4
+    ds.SamplesPerPixel = 3 if color else 1
+    ds.PhotometricInterpretation = photometric
+    if color:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = frames.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _corpus(tiny_phantom) -> dict[str, bytes]:
+    """Good phantom images, DICOM, and every kind of bad input the issue lists."""
+    df = pd.read_csv(tiny_phantom)
+    files = {f"good/{i}.png": (tiny_phantom.parent / p).read_bytes() for i, p in enumerate(df.path[:6])}
+    grey = np.asarray(Image.open(tiny_phantom.parent / df.path[0]))
+    files["dicom/mono1_3frames.dcm"] = _dicom_bytes(np.stack([grey] * 3), "MONOCHROME1")
+    files["dicom/rgb_2frames.dcm"] = _dicom_bytes(np.stack([np.stack([grey] * 3, -1)] * 2), "RGB")
+    png = files["good/0.png"]
+    files["bad/truncated.png"] = png[: len(png) // 3]
+    files["bad/zero.png"] = b""
+    files["bad/text_named.jpg"] = b"this is not an image\n" * 10
+    files["bad/one_pixel.png"] = _png(np.zeros((1, 1), np.uint8))
+    files["bad/huge.png"] = _png(np.zeros((12000, 12000), np.uint8))
+    files["bad/sixteen_bit.png"] = _png((grey.astype(np.uint16) * 200))  # decodes (16 bit is supported)
+    cmyk = io.BytesIO()
+    Image.fromarray(np.stack([grey] * 3, -1)).convert("CMYK").save(cmyk, "JPEG")
+    files["bad/cmyk.jpg"] = cmyk.getvalue()  # decodes (CMYK is supported)
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    ds.PatientName = "Doe^Jane"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    files["bad/no_pixels.dcm"] = buf.getvalue()
+    return files
+
+
+EXPECTED_ROWS = 6 + 3 + 2 + 7 + 1  # good, 3+2 DICOM frames, 7 bad-or-odd files, no-pixel DICOM
+EXPECTED_ERRORS = {"truncated.png", "zero.png", "text_named.jpg", "one_pixel.png", "huge.png", "no_pixels.dcm"}
+
+
+def _read_back(output: str) -> pd.DataFrame:
+    fs, path = storage.pyarrow_filesystem(storage.join(output, "predictions"))
+    return pq.read_table(path, filesystem=fs).to_pandas()  # plain pyarrow, no Ray
+
+
+def _check(df: pd.DataFrame) -> None:
+    assert len(df) == EXPECTED_ROWS and not df.duplicated(["input_uri", "frame"]).any()
+    errors = {u.rsplit("/", 1)[-1] for u in df.loc[df.status == "error", "input_uri"]}
+    assert errors == EXPECTED_ERRORS
+    ok = df[df.status == "ok"]
+    assert ok.prob_malignant.between(0, 1).all() and ok.label.isin(["benign", "malignant"]).all()
+    assert all(len(b) == 16 * 16 * 2 for b in ok.cam)  # float16 16x16
+    assert sorted(ok[ok.input_uri.str.endswith("mono1_3frames.dcm")].frame) == [0, 1, 2]
+    assert df.loc[df.status == "error", "error"].str.len().gt(0).all()
+
+
+def test_s3_folder_to_s3_parquet_with_every_bad_input(ray_cluster, s3_endpoint, tiny_phantom, tiny_run):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    for name, data in _corpus(tiny_phantom).items():
+        fs.pipe(f"thyro-test/archive/{name}", data)
+    cfg = load_config(None, [SCORE, {"storage": {"endpoint_url": s3_endpoint}}])
+    res = run_score(cfg, tiny_run, "s3://thyro-test/archive", "s3://thyro-test/scored", log=lambda s: None)
+    df = _read_back("s3://thyro-test/scored")
+    _check(df)
+    assert res.counts["ok"] + res.counts["error"] == EXPECTED_ROWS
+    assert fs.exists(df.loc[df.status == "ok", "overlay_uri"].iloc[0].replace("s3://", ""))
+    blob = fs.cat("thyro-test/scored/run_manifest.json").decode()
+    for phi in ("Doe", "MRN-998877", "Elsewhere"):  # DICOM header data never reaches outputs
+        assert phi not in blob and not df.astype(str).apply(lambda c: c.str.contains(phi)).any().any()
+
+
+def test_zip_and_tar_archives(ray_cluster, tiny_phantom, tiny_run, tmp_path):
+    import tarfile
+
+    from thyro.sources import zip_bytes
+
+    corpus = _corpus(tiny_phantom)
+    (tmp_path / "a.zip").write_bytes(zip_bytes(corpus))
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as t:
+        for name, data in corpus.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    cfg = load_config(None, [SCORE])
+    for archive in ("a.zip", "a.tar.gz"):
+        run_score(cfg, tiny_run, str(tmp_path / archive), str(tmp_path / f"out_{archive}"), log=lambda s: None)
+        _check(_read_back(str(tmp_path / f"out_{archive}")))
+    import duckdb  # readable without Ray or pandas
+    n = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/out_a.zip/predictions/*.parquet')").fetchone()[0]
+    assert n == EXPECTED_ROWS
+
+
+def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tiny_phantom, tiny_run, tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    df = pd.read_csv(tiny_phantom)
+    for i in range(60):
+        (src / f"{i:03d}.png").write_bytes((tiny_phantom.parent / df.path[i % len(df)]).read_bytes())
+    (src / "broken.png").write_bytes(b"nope")
+    cfg_file = tmp_path / "cfg.yaml"
+    import yaml
+    cfg_file.write_text(yaml.safe_dump({**SCORE, "score": {**SCORE["score"], "chunk_size": 10, "overlays": False},
+                                        "ray": {"address": ray_cluster}}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.score", "--model", tiny_run, "--input", str(src), "--output", str(out),
+           "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "predictions").glob("*.parquet")) if (out / "predictions").exists() else []) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait(60)
+    from thyro.checkpoint import load_card
+    from thyro.ray_score import scored_keys
+
+    partial = len(scored_keys(str(out), load_card(tiny_run)["model_id"]))  # readable rows only
+    assert 0 < partial < 61
+    res = run_score(load_config(cfg_file), tiny_run, str(src), str(out), log=lambda s: None)
+    final = _read_back(str(out))
+    assert len(final) == 61 and not final.duplicated(["input_uri", "frame"]).any()
+    assert res.counts["previously_scored"] == partial
