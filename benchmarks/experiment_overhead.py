@@ -7,7 +7,7 @@ Both sides train the same models on the same splits with the same config; the
 plain loop runs them one after another in this process (all cores to torch),
 the experiment as Tune trials (CPUs split between concurrent trials). The
 experiment side includes everything a user waits for: Ray start, trial
-scheduling, CAM analysis, statistics and the report.
+scheduling, statistics and the report (CAM analysis is off: it is not training work).
 """
 
 import argparse
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     cfg = load_config(args.config, [parse_override(s) for s in args.set] + [
-        {"train": {"epochs": args.epochs}, "experiment": {"splits": args.splits}}])
+        {"train": {"epochs": args.epochs}, "experiment": {"splits": args.splits, "cam_analysis": False}}])
 
     from thyro.inputs import prepare_inputs, read_parquet
     from thyro.training import train_run

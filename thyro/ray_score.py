@@ -29,6 +29,20 @@ from thyro.config import Config, config_to_dict
 PRED_DIR = "predictions"
 
 
+def output_schema():
+    """The Parquet schema, fixed: a chunk of only error rows must not change a column's type."""
+    import pyarrow as pa
+
+    from thyro.scoring import CAM_FEATURES
+
+    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    fields = [("row_id", s), ("input_uri", s), ("frame", i64), ("sha256", s), ("status", s), ("error", s),
+              ("prob_malignant", f64), ("label", s), ("threshold", f64), ("model_id", s),
+              ("cam", pa.binary()), ("cam_size", i64), *[(f"cam_{k}", f64) for k in CAM_FEATURES],
+              ("overlay_uri", s), ("width", i64), ("height", i64), ("decode_ms", f64), ("infer_ms", f64)]
+    return pa.schema(fields)
+
+
 def _score_key(input_uri: str, sha: str | None, frame: int) -> str:
     return hashlib.sha1(f"{input_uri}|{sha}|{frame}".encode()).hexdigest()
 
@@ -66,6 +80,15 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     return keys
 
 
+def _py(v):
+    """numpy scalars / NaN-for-missing -> plain Python values for pyarrow."""
+    if v is None:
+        return None
+    if isinstance(v, float) and v != v:
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
 class _ScoreActor:
     """Loaded once per actor: the saved run, its preset and threshold."""
 
@@ -81,11 +104,12 @@ class _ScoreActor:
         self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size, cam_target=cfg.cam.target)
         self.output, self.overlays, self.region = output, s.overlays, cfg.cam.region_threshold
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, table):
         import torch
 
         from thyro.scoring import CAM_FEATURES, cam_features, overlay_png
 
+        batch = table.to_pydict()
         n = len(batch["input_uri"])
         status = list(batch["status"])
         ok = [i for i in range(n) if status[i] == "ok"]
@@ -117,7 +141,11 @@ class _ScoreActor:
         res["threshold"] = [self.p.threshold] * n
         res["model_id"] = [self.p.model_id] * n
         res["cam_size"] = [self.p.cam_size] * n
-        return res
+        import pyarrow as pa
+
+        schema = output_schema()
+        return pa.table({f.name: pa.array([_py(v) for v in res[f.name]], type=f.type) for f in schema},
+                        schema=schema)
 
 
 @dataclass
@@ -152,7 +180,10 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     done_ref = ray.put(done)
     log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored)")
 
+    endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
+
     def prep(row: dict) -> list[dict]:
+        storage.configure(endpoint, region)  # this worker may not have the job's env
         rows = prepare(Item(row["input_uri"], row["data"], row["error"]), preset, s.frames, s.hash_salt)
         skip = ray.get(done_ref)
         out = []
@@ -177,7 +208,8 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"run": model, "cfg_dict": config_to_dict(cfg),
                                                                 "output": output},
                             batch_size=s.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
-                            num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None)
+                            num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
+                            batch_format="pyarrow")
         before = time.perf_counter()
         stats = ds.materialize()
         n_rows = stats.count()
