@@ -87,12 +87,12 @@ def main() -> None:
 
         from pytorch_grad_cam import GradCAM as OracleCAM
         with OracleCAM(model=p.model, target_layers=[p.layer]) as oracle:
-            oracle(input_tensor=batches[0])
+            oracle(input_tensor=batches[0], targets=None)
             t = time.perf_counter()
             for x in batches:
                 with torch.no_grad():
                     probs = torch.softmax(p.model(x), 1)  # the prediction, then the map
-                oracle(input_tensor=x)
+                oracle(input_tensor=x, targets=None)
             d = sum(len(x) for x in batches) / (time.perf_counter() - t)
 
         from PIL import Image
