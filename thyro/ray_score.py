@@ -215,9 +215,8 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         n_rows = stats.count()
         if n_rows:
             stats.write_parquet(storage.join(output, PRED_DIR))
-            st = stats.groupby("status").count().take_all()
-            for r in st:
-                counts[r["status"]] = counts.get(r["status"], 0) + r["count()"]
+            for status, k in stats.select_columns(["status"]).to_pandas()["status"].value_counts().items():
+                counts[status] = counts.get(status, 0) + int(k)
         chunk_no += 1
         log(f"chunk {chunk_no}: {len(chunk)} inputs, {n_rows} rows scored in {time.perf_counter() - before:.1f}s")
     manifest = {"model": model, "model_id": model_id, "input": input_uri, "output": output,
