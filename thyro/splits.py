@@ -44,14 +44,13 @@ def split_indices(splits: pd.DataFrame, manifest: pd.DataFrame, repeat: int) -> 
     return np.flatnonzero(subset == "train"), np.flatnonzero(subset == "test")
 
 
-def _dhash(img: np.ndarray, size: int = 16) -> int:
-    """Difference hash of a canonical image: robust to rescaling and re-encoding."""
+def _dhash(img: np.ndarray, size: int = 16) -> np.ndarray:
+    """Difference hash of a canonical image (size*size bits): robust to rescaling and re-encoding."""
     from PIL import Image
 
     g = Image.fromarray(img).convert("L").resize((size + 1, size), Image.BILINEAR)
     a = np.asarray(g, dtype=np.int16)
-    bits = (a[:, 1:] > a[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
+    return (a[:, 1:] > a[:, :-1]).flatten()
 
 
 def leakage_report(manifest: pd.DataFrame, train_idx: np.ndarray, test_idx: np.ndarray,
@@ -76,12 +75,13 @@ def leakage_report(manifest: pd.DataFrame, train_idx: np.ndarray, test_idx: np.n
     identical = [(manifest["image_id"].iloc[j], manifest["image_id"].iloc[train_sha[sha[j]]])
                  for j in test_idx if sha[j] in train_sha]
     near = []
-    train_h = np.array([dh[i] for i in train_idx], dtype=object)
-    for j in test_idx:
-        d = [bin(dh[j] ^ h).count("1") for h in train_h]
-        k = int(np.argmin(d)) if len(d) else -1
-        if k >= 0 and d[k] <= near_bits and sha[j] != sha[train_idx[k]]:
-            near.append((manifest["image_id"].iloc[j], manifest["image_id"].iloc[train_idx[k]], int(d[k])))
+    if len(train_idx):
+        train_h = np.stack([dh[i] for i in train_idx])
+        for j in test_idx:
+            d = (train_h != dh[j]).sum(1)  # Hamming distance to every training image at once
+            k = int(np.argmin(d))
+            if d[k] <= near_bits and sha[j] != sha[train_idx[k]]:
+                near.append((manifest["image_id"].iloc[j], manifest["image_id"].iloc[train_idx[k]], int(d[k])))
     return {"shared_patients": shared_patients, "identical_images": identical,
             "near_duplicates": near,
             "clean": not (shared_patients or identical or near)}
