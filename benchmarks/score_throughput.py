@@ -91,7 +91,7 @@ def main() -> None:
             t = time.perf_counter()
             for x in batches:
                 with torch.no_grad():
-                    probs = torch.softmax(p.model(x), 1)  # the prediction, then the map
+                    torch.softmax(p.model(x), 1)  # the prediction, then the map
                 oracle(input_tensor=x, targets=None)
             d = sum(len(x) for x in batches) / (time.perf_counter() - t)
 

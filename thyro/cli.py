@@ -7,6 +7,7 @@ import json
 import sys
 
 from thyro.config import ConfigError, load_config, parse_override
+from thyro.metrics import METRIC_NAMES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -46,19 +47,19 @@ def cmd_train(args) -> int:
     res = train_run(cfg, args.out)
     m = res.metrics
     print(f"\n{cfg.model.name} on split {cfg.split.repeat} ({res.seconds:.0f}s) -> {args.out}")
-    for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1"):
+    for k in METRIC_NAMES:
         lo, hi = m["ci95"].get(k, (float("nan"), float("nan")))
         print(f"  {k:<12}{m[k]:.3f}  (95% CI {lo:.3f}-{hi:.3f})")
     t = m["at_target_sensitivity"]
     print(f"  at sensitivity >= {t['target_sensitivity']:.2f}: threshold {t['threshold']:.3f}, "
           f"specificity {t['specificity']:.3f};  ECE {m['ece']:.3f}")
     if args.json:
-        print(json.dumps({k: m[k] for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1")}))
+        print(json.dumps({k: m[k] for k in METRIC_NAMES}))
     return 0
 
 
 def print_summary(summary, reference: str) -> None:
-    cols = ["auc", "accuracy", "recall", "specificity", "precision", "f1"]
+    cols = METRIC_NAMES
     print(f"\n{'model':<14}" + "".join(f"{c:>22}" for c in cols) + f"{'p vs ' + reference:>16}")
     for _, r in summary.iterrows():
         cells = "".join(f"{r[c + '_mean']:>8.3f} [{r[c + '_ci_low']:.3f},{r[c + '_ci_high']:.3f}]" for c in cols)

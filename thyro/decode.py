@@ -181,11 +181,10 @@ def decode(data: bytes, name: str, frame: Literal["first", "middle"] | int = "fi
 
 def read_image(path: str, frame: Literal["first", "middle"] | int = "first") -> np.ndarray:
     """Read a local path or fsspec URI and decode it."""
-    import fsspec
+    from thyro.storage import read_bytes
 
     try:
-        with fsspec.open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
     except FileNotFoundError:
         raise DecodeError(path, "file not found") from None
     except IsADirectoryError:

@@ -76,11 +76,10 @@ def imagenet_state_dict(name: str) -> dict:
 
 
 def read_state_dict(uri: str) -> dict:
-    import fsspec
+    from thyro.storage import read_bytes
 
     try:
-        with fsspec.open(uri, "rb") as f:
-            buf = io.BytesIO(f.read())
+        buf = io.BytesIO(read_bytes(uri))
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {uri}") from None
     try:

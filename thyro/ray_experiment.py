@@ -22,6 +22,7 @@ import pandas as pd
 from thyro import checkpoint, storage
 from thyro.config import Config, config_to_dict, config_to_yaml
 from thyro.inputs import read_parquet, write_parquet
+from thyro.metrics import METRIC_NAMES
 from thyro.ray_common import job_setup, make_trainer, trial_setup, worker_setup
 
 EXPERIMENT_NAME = "experiment"
@@ -62,7 +63,7 @@ def _train_worker(config: dict) -> None:
         from thyro.cam_analysis import analyse_run
 
         analyse_run(config["run_dir"], manifest, size=config["cam_size"], device=device)
-    final = {k: res.metrics[k] for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1")}
+    final = {k: res.metrics[k] for k in METRIC_NAMES}
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
 
@@ -111,26 +112,26 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
 
     t0 = time.perf_counter()
     job = job_setup(cfg, out, log)
-    out, storage_path, fs, path = job.out, job.storage_path, job.fs, job.fs_path
+    out, fs = job.out, job.fs
+    state = storage.join(job.fs_path, EXPERIMENT_NAME)
     storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
     splits = cfg.experiment.splits if cfg.experiment.splits is not None else list(range(cfg.split.n_repeats))
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
     trainable = ray.tune.with_resources(_trial, {"cpu": cfg.ray.trial_driver_cpus})
-    exp_path = storage.join(storage_path, EXPERIMENT_NAME)
-    if Tuner.can_restore(storage.join(path, EXPERIMENT_NAME), storage_filesystem=fs):
-        log(f"resuming the experiment in {exp_path}: finished trials are not run again")
-        tuner = Tuner.restore(storage.join(path, EXPERIMENT_NAME), trainable, resume_errored=True,
-                              storage_filesystem=fs)
+    if Tuner.can_restore(state, storage_filesystem=fs):
+        log(f"resuming the experiment in {storage.join(job.storage_path, EXPERIMENT_NAME)}: "
+            "finished trials are not run again")
+        tuner = Tuner.restore(state, trainable, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = Tuner(
             trainable,
             param_space={"model": ray.tune.grid_search(models), "repeat": ray.tune.grid_search(splits),
                          "cfg": config_to_dict(cfg), "out": out, "manifest": job.manifest, "splits": job.splits,
-                         "storage_path": storage_path},
+                         "storage_path": job.storage_path},
             tune_config=TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
-            run_config=RunConfig(name=EXPERIMENT_NAME, storage_path=path, storage_filesystem=fs,
+            run_config=RunConfig(name=EXPERIMENT_NAME, storage_path=job.fs_path, storage_filesystem=fs,
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
         )
     log(f"experiment: {len(models)} models x {len(splits)} splits = {len(models) * len(splits)} trials -> {out}")
@@ -141,9 +142,9 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
                            f"{missing[0][0]} split {missing[0][1]}; run the same command again to resume")
     manifest = read_parquet(job.manifest)
     trials = collect_trials(out, models, splits, run_dir)
-    summary = summarize(cfg, trials, out, run_dir, manifest)
-    write_parquet(storage.join(out, "trials.parquet"), trials.drop(columns=["predictions"], errors="ignore"))
+    summary = summarize(cfg, trials, out, run_dir)
+    write_parquet(storage.join(out, "trials.parquet"), trials)
     storage.write_bytes(storage.join(out, "summary.csv"), summary.to_csv(index=False).encode())
-    report = write_report(cfg, out, trials, summary, manifest, run_dir)
+    report = write_report(cfg, out, trials, summary, manifest)
     return ExperimentResult(out=out, trials=trials, summary=summary, report=report,
                             seconds=time.perf_counter() - t0)

@@ -103,6 +103,7 @@ class _ScoreActor:
             torch.set_num_threads(s.threads)
         self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size, cam_target=cfg.cam.target)
         self.output, self.overlays, self.region = output, s.overlays, cfg.cam.region_threshold
+        self.schema = output_schema()
 
     def __call__(self, table):
         import torch
@@ -143,9 +144,8 @@ class _ScoreActor:
         res["cam_size"] = [self.p.cam_size] * n
         import pyarrow as pa
 
-        schema = output_schema()
-        return pa.table({f.name: pa.array([_py(v) for v in res[f.name]], type=f.type) for f in schema},
-                        schema=schema)
+        return pa.table({f.name: pa.array([_py(v) for v in res[f.name]], type=f.type) for f in self.schema},
+                        schema=self.schema)
 
 
 @dataclass

@@ -9,19 +9,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from thyro import checkpoint, shape, storage
 from thyro.config import Config, config_to_yaml
+from thyro.metrics import METRIC_NAMES as SHOWN
 from thyro.modelcard import INTENDED_USE, package_versions
 
 # The study's published means over 10 splits (ResNet18); baselines were not
 # reported numerically in the summary thyro was built from.
 PUBLISHED = {"resnet18": {"auc": 0.997, "accuracy": 0.984, "recall": 0.978, "precision": 0.939, "f1": 0.957}}
-SHOWN = ("auc", "accuracy", "recall", "specificity", "precision", "f1")
 
 
 def _plt():
@@ -150,7 +149,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
 
 
 def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFrame,
-                 manifest: pd.DataFrame, run_dir: Callable) -> str:
+                 manifest: pd.DataFrame) -> str:
     ref = cfg.experiment.reference_model
     rows = []
     for _, s in summary.iterrows():

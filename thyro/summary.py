@@ -68,8 +68,7 @@ def delong_vs_reference(out: str, trials: pd.DataFrame, reference: str, run_dir:
     return pd.DataFrame(rows)
 
 
-def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable,
-              manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) -> pd.DataFrame:
     ref = cfg.experiment.reference_model
     dl = delong_vs_reference(out, trials, ref, run_dir)
     if len(dl):

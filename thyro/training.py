@@ -144,7 +144,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
                            "grouped by patient", "seed": cfg.split.seed, "repeat": cfg.split.repeat,
                "n_repeats": cfg.split.n_repeats, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
                "leakage": {k: (len(v) if isinstance(v, list) else v) for k, v in leak.items()}},
-        metrics={k: m[k] for k in ("auc", "accuracy", "recall", "specificity", "precision", "f1", "ece")},
+        metrics={k: m[k] for k in (*metrics.METRIC_NAMES, "ece")},
         data={"source": source, "n_images": int(len(manifest)), "n_malignant": int(manifest["label"].sum()),
               "n_patients": int(manifest["patient_id"].nunique())},
         training={"epochs": cfg.train.epochs, "optimizer": "adam", "lr": cfg.train.lr,
