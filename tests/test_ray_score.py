@@ -19,7 +19,7 @@ from thyro.ray_score import run_score
 pytestmark = pytest.mark.ray
 
 SCORE = {"score": {"batch_size": 8, "cam_size": 16, "actors": 1, "cpus_per_actor": 0.5,
-                   "cpus_per_read_task": 0.5, "frames": "all", "chunk_size": 50}}
+                   "cpus_per_task": 0.5, "frames": "all", "chunk_size": 50}}
 
 
 @pytest.fixture(scope="module")

@@ -64,3 +64,19 @@ def test_row_ids_hide_the_path():
     rid = row_id("/archive/DOE_JANE/scan.png", 0)
     assert "DOE" not in rid and len(rid) == 24 and rid != row_id("/archive/DOE_JANE/scan.png", 1)
     assert rid != row_id("/archive/DOE_JANE/scan.png", 0, salt="s3cret")
+
+
+def test_overlay_uses_matplotlibs_jet_and_keeps_the_image_size():
+    from matplotlib import colormaps
+
+    from thyro.scoring import JET, overlay_png
+
+    assert np.abs(JET.astype(int) - np.round(colormaps["jet"](np.arange(256))[:, :3] * 255)).max() <= 1
+    preset = resolve_preset("study", 64)
+    cam = np.zeros((16, 16), np.float16)
+    cam[4:8, 4:8] = 1
+    png = Image.open(io.BytesIO(overlay_png(np.zeros((3, 64, 64), np.float32), cam, preset)))
+    rgb = np.asarray(png)
+    assert png.size == (64, 64) and rgb.shape == (64, 64, 3)
+    # hot where the map is 1 (jet's dark red), cold (jet's dark blue) elsewhere
+    assert rgb[24, 24, 0] > rgb[24, 24, 2] and rgb[60, 60, 2] > rgb[60, 60, 0]

@@ -182,14 +182,21 @@ class ScoreConfig(_Section):
     # DICOM multi-frame: score the first, the middle, or every frame (`frame` column).
     frames: Literal["first", "middle", "all"] = "first"
     batch_size: int = Field(32, ge=1)
-    # Inputs handed to Ray Data at a time: bounds the driver's memory.
-    chunk_size: int = Field(2000, ge=1)
+    # Inputs handed to Ray Data at a time, and at most this many MiB of inline
+    # bytes (tar members): bounds the driver's memory. Each chunk is one
+    # streaming Ray Data run, so larger chunks pay the actor start-up less often.
+    chunk_size: int = Field(20000, ge=1)
+    chunk_mib: int = Field(256, ge=1)
+    # Rows per Parquet file: fewer, larger files; a kill loses at most this many.
+    rows_per_file: int = Field(1000, ge=1)
     # Predictor actor pool; on 2 CPUs a whole CPU per actor starves the read tasks.
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
-    cpus_per_read_task: float = Field(0.5, gt=0)
-    threads: int = Field(0, ge=0)  # torch threads per actor; 0: torch's default
+    # CPU tasks on either side of the actors: decode + preprocess, and shape
+    # features + overlays.
+    cpus_per_task: float = Field(0.5, gt=0)
+    threads: int = Field(0, ge=0)  # torch threads per actor; 0: the node's cores / actors
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     cam_size: int = Field(56, ge=8, le=512)

@@ -4,10 +4,13 @@ Ray touchpoints around plain thyro code:
 - discovery (`thyro.sources.discover`) is a generator; the driver hands Ray
   Data one bounded chunk of items at a time, so an archive of millions of files
   is never listed into memory at once;
-- read + decode + preprocess (`thyro.scoring.prepare`) run as CPU tasks;
+- read + decode + preprocess (`thyro.scoring.prepare`) run as CPU tasks, one
+  small block of items each;
 - `_ScoreActor` (an actor pool) loads the saved run once per actor and runs
-  forward + Grad-CAM in one pass, writes overlays, adds shape features;
-- `write_parquet` appends each chunk's files to `<output>/predictions/`.
+  forward + Grad-CAM in one pass, and nothing else;
+- `_finish` (CPU tasks) adds CAM shape features and writes the overlays;
+- `write_parquet` streams the rows to `<output>/predictions/` as they come
+  (no materialised copy), `rows_per_file` rows a file.
 Resume: rows already in the output for the same model and the same content
 hash are skipped, so a killed job rerun ends with every input exactly once.
 """
@@ -15,8 +18,8 @@ hash are skipped, so a killed job rerun ends with every input exactly once.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -41,6 +44,15 @@ def output_schema():
               ("cam", pa.binary()), ("cam_size", i64), *[(f"cam_{k}", f64) for k in CAM_FEATURES],
               ("overlay_uri", s), ("width", i64), ("height", i64), ("decode_ms", f64), ("infer_ms", f64)]
     return pa.schema(fields)
+
+
+def _prep_schema():
+    import pyarrow as pa
+
+    s, i64, f64 = pa.string(), pa.int64(), pa.float64()
+    return pa.schema([("row_id", s), ("input_uri", s), ("frame", i64), ("sha256", s), ("status", s),
+                      ("error", s), ("pixels", pa.binary()), ("width", i64), ("height", i64),
+                      ("decode_ms", f64)])
 
 
 def _score_key(input_uri: str, sha: str | None, frame: int) -> str:
@@ -80,6 +92,41 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     return keys
 
 
+def _chunks(items, max_items: int, max_bytes: int):
+    """Lists of at most `max_items` items and about `max_bytes` of inline data."""
+    chunk, size = [], 0
+    for item in items:
+        chunk.append(item)
+        size += len(item.data or b"")
+        if len(chunk) >= max_items or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _parquet_files(pred_dir: str) -> set[str]:
+    import pyarrow.fs as pafs
+
+    if not storage.exists(pred_dir):
+        return set()
+    fs, path = storage.pyarrow_filesystem(pred_dir)
+    return {i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.path.endswith(".parquet")}
+
+
+def _status_counts(pred_dir: str, files: set[str]) -> dict[str, int]:
+    """ok / error counts of the rows in `files` (read back: what is on storage is what counts)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.pyarrow_filesystem(pred_dir)
+    counts: dict[str, int] = {}
+    for f in files:
+        for v in pq.read_table(f, filesystem=fs, columns=["status"]).column("status").to_pylist():
+            counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
 def _py(v):
     """numpy scalars / NaN-for-missing -> plain Python values for pyarrow."""
     if v is None:
@@ -90,62 +137,82 @@ def _py(v):
 
 
 class _ScoreActor:
-    """Loaded once per actor: the saved run, its preset and threshold."""
+    """Loaded once per actor: the saved run, its preset and threshold. Does the
+    model's work only (forward + Grad-CAM); everything else runs in CPU tasks
+    on either side, so a GPU actor never waits on PNG encoding or decoding."""
 
-    def __init__(self, run: str, cfg_dict: dict, output: str):
+    def __init__(self, run: str, cfg_dict: dict):
         from thyro.predictor import Predictor
 
         cfg = Config.model_validate(cfg_dict)
         s = cfg.score
         storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-        if s.threads:
-            import torch
-            torch.set_num_threads(s.threads)
-        self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size, cam_target=cfg.cam.target)
-        self.output, self.overlays, self.region = output, s.overlays, cfg.cam.region_threshold
-        self.schema = output_schema()
-
-    def __call__(self, table):
         import torch
 
-        from thyro.scoring import CAM_FEATURES, cam_features, overlay_png
+        # Ray gives a fractional-CPU actor one OpenMP thread; on a CPU node the
+        # model is the bottleneck, so by default it may use the node's cores
+        # (shared with the decode tasks, which mostly wait on I/O and zlib).
+        torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // s.actors))
+        self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size, cam_target=cfg.cam.target)
 
-        batch = table.to_pydict()
-        n = len(batch["input_uri"])
-        status = list(batch["status"])
-        ok = [i for i in range(n) if status[i] == "ok"]
+    def __call__(self, table):
+        import pyarrow as pa
+        import torch
+
+        n = table.num_rows
+        ok = [i for i, v in enumerate(table.column("status").to_pylist()) if v == "ok"]
         size = self.p.preset.image_size
-        cols = {k: [None] * n for k in ("prob_malignant", "label", "cam", "overlay_uri", "infer_ms")}
-        feats = {f"cam_{k}": [None] * n for k in CAM_FEATURES}
+        prob, label, cam, ms = [None] * n, [None] * n, [None] * n, [None] * n
         if ok:
-            x = torch.from_numpy(np.stack([np.frombuffer(batch["pixels"][i], np.float32).reshape(3, size, size)
-                                           for i in ok]))
+            px = table.column("pixels").to_pylist()
+            x = torch.from_numpy(np.stack([np.frombuffer(px[i], np.float32).reshape(3, size, size) for i in ok]))
             t0 = time.perf_counter()
             out = self.p.predict_tensor(x)
-            ms = (time.perf_counter() - t0) * 1000 / len(ok)
+            per_image = (time.perf_counter() - t0) * 1000 / len(ok)
             for j, i in enumerate(ok):
-                cam = out["cam"][j]
-                cols["prob_malignant"][i] = float(out["prob_malignant"][j])
-                cols["label"][i] = "malignant" if out["label"][j] else "benign"
-                cols["cam"][i] = cam.tobytes()
-                cols["infer_ms"][i] = ms
-                for k, v in cam_features(cam, self.region).items():
-                    feats[k][i] = v
-                if self.overlays:
-                    uri = storage.join(self.output, "overlays", f"{batch['row_id'][i]}.png")
-                    storage.write_bytes(uri, overlay_png(x[j].numpy(), cam, self.p.preset))
-                    cols["overlay_uri"][i] = uri
-        res = {k: batch[k] for k in ("row_id", "input_uri", "frame", "sha256", "status", "error", "width",
-                                     "height", "decode_ms")}
-        res.update(cols)
-        res.update(feats)
-        res["threshold"] = [self.p.threshold] * n
-        res["model_id"] = [self.p.model_id] * n
-        res["cam_size"] = [self.p.cam_size] * n
-        import pyarrow as pa
+                prob[i] = float(out["prob_malignant"][j])
+                label[i] = "malignant" if out["label"][j] else "benign"
+                cam[i] = out["cam"][j].tobytes()
+                ms[i] = per_image
+        for name, values, typ in (("prob_malignant", prob, pa.float64()), ("label", label, pa.string()),
+                                  ("cam", cam, pa.binary()), ("infer_ms", ms, pa.float64()),
+                                  ("threshold", [self.p.threshold] * n, pa.float64()),
+                                  ("model_id", [self.p.model_id] * n, pa.string()),
+                                  ("cam_size", [self.p.cam_size] * n, pa.int64())):
+            table = table.append_column(name, pa.array(values, type=typ))
+        return table
 
-        return pa.table({f.name: pa.array([_py(v) for v in res[f.name]], type=f.type) for f in self.schema},
-                        schema=self.schema)
+
+def _finish(table, output: str, overlays: bool, region: float, preset: dict):
+    """CAM shape features and overlay PNGs; drops the pixels; the fixed output schema."""
+    import pyarrow as pa
+
+    from thyro.scoring import CAM_FEATURES, cam_features, overlay_png
+    from thyro.transforms import Preset
+
+    p = Preset.from_dict(preset)
+    batch = table.to_pydict()
+    n = table.num_rows
+    feats = {f"cam_{k}": [None] * n for k in CAM_FEATURES}
+    batch["overlay_uri"] = [None] * n
+    pngs = {}
+    for i in range(n):
+        if batch["status"][i] != "ok":
+            continue
+        c = batch["cam_size"][i]
+        cam = np.frombuffer(batch["cam"][i], np.float16).reshape(c, c)
+        for k, v in cam_features(cam, region).items():
+            feats[k][i] = v
+        if overlays:
+            uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.png")
+            img = np.frombuffer(batch["pixels"][i], np.float32).reshape(3, p.image_size, p.image_size)
+            pngs[uri] = overlay_png(img, cam, p)
+            batch["overlay_uri"][i] = uri
+    # Overlays land before their rows: a row never points at a missing file.
+    storage.write_many(pngs)
+    batch.update(feats)
+    schema = output_schema()
+    return pa.table({f.name: pa.array([_py(v) for v in batch[f.name]], type=f.type) for f in schema}, schema=schema)
 
 
 @dataclass
@@ -181,44 +248,58 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored)")
 
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
+    PREP_SCHEMA = _prep_schema()
 
-    def prep(row: dict) -> list[dict]:
+    def prep(items):
+        """A block of items -> a block of decoded, preprocessed rows (never raises per input)."""
+        import pyarrow as pa
+
         storage.configure(endpoint, region)  # this worker may not have the job's env
-        rows = prepare(Item(row["input_uri"], row["data"], row["error"]), preset, s.frames, s.hash_salt)
         skip = ray.get(done_ref)
         out = []
-        for r in rows:
-            if _score_key(r["input_uri"], r["sha256"], r["frame"]) in skip:
-                continue
-            px = r.pop("pixels")
-            r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
-            out.append(r)
-        return out
+        for u, data, err in zip(*(items.column(c).to_pylist() for c in ("input_uri", "data", "error"))):
+            for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt):
+                if _score_key(r["input_uri"], r["sha256"], r["frame"]) in skip:
+                    continue
+                px = r.pop("pixels")
+                r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
+                out.append(r)
+        return pa.Table.from_pylist(out, schema=PREP_SCHEMA)
 
+    pred_dir = storage.join(output, PRED_DIR)
+    fs, pred_path = storage.pyarrow_filesystem(pred_dir)
     counts = {"discovered": 0, "ok": 0, "error": 0, "previously_scored": len(done)}
-    items = discover(input_uri)
-    chunk_no = 0
-    while True:
-        chunk = list(itertools.islice(items, s.chunk_size))
-        if not chunk:
-            break
+    actor_args = {"run": model, "cfg_dict": config_to_dict(cfg)}
+    finish_args = {"output": output, "overlays": s.overlays, "region": cfg.cam.region_threshold,
+                   "preset": preset.to_dict()}
+
+    def cpu_task_args():
+        # Given as a function so that Ray Data never fuses these tasks into the
+        # predictor actor (it fuses only ops whose remote args are known alike):
+        # decoding inside the actor would leave its GPU, or its threads, idle.
+        return {"num_cpus": s.cpus_per_task}
+
+    for chunk_no, chunk in enumerate(_chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20), 1):
         counts["discovered"] += len(chunk)
-        ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=max(1, min(len(chunk), 4 * s.actors)))
-        ds = ds.flat_map(prep, num_cpus=s.cpus_per_read_task)
-        ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"run": model, "cfg_dict": config_to_dict(cfg),
-                                                                "output": output},
-                            batch_size=s.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
+        before, t_chunk = _parquet_files(pred_dir), time.perf_counter()
+        # Small blocks keep the stream moving: the actors start on the first
+        # decoded batch instead of waiting for a quarter of the chunk.
+        blocks = max(1, -(-len(chunk) // (2 * s.batch_size)))
+        ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=blocks)
+        ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow",
+                            num_cpus=s.cpus_per_task, ray_remote_args_fn=cpu_task_args)
+        ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size,
+                            compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
                             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
                             batch_format="pyarrow")
-        before = time.perf_counter()
-        stats = ds.materialize()
-        n_rows = stats.count()
-        if n_rows:
-            stats.write_parquet(storage.join(output, PRED_DIR))
-            for status, k in stats.select_columns(["status"]).to_pandas()["status"].value_counts().items():
-                counts[status] = counts.get(status, 0) + int(k)
-        chunk_no += 1
-        log(f"chunk {chunk_no}: {len(chunk)} inputs, {n_rows} rows scored in {time.perf_counter() - before:.1f}s")
+        ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
+                            num_cpus=s.cpus_per_task, ray_remote_args_fn=cpu_task_args)
+        ds.write_parquet(pred_path, filesystem=fs, min_rows_per_file=s.rows_per_file)
+        written = _status_counts(pred_dir, _parquet_files(pred_dir) - before)
+        for status, k in written.items():
+            counts[status] = counts.get(status, 0) + k
+        log(f"chunk {chunk_no}: {len(chunk)} inputs, {sum(written.values())} rows written "
+            f"in {time.perf_counter() - t_chunk:.1f}s")
     manifest = {"model": model, "model_id": model_id, "input": input_uri, "output": output,
                 "counts": counts, "config": config_to_dict(cfg), "model_card": card,
                 "versions": package_versions(),

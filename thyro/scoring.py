@@ -61,20 +61,32 @@ def prepare(item: Item, preset: Preset, frames: str = "first", salt: str = "") -
     return rows
 
 
+def _jet_lut() -> np.ndarray:
+    """matplotlib's "jet" as a 256x3 uint8 table: same colours, without importing
+    matplotlib in every scoring actor or paying its per-pixel float path."""
+    x = np.linspace(0, 1, 256)
+    r = np.interp(x, [0, 0.35, 0.66, 0.89, 1], [0, 0, 1, 1, 0.5])
+    g = np.interp(x, [0, 0.125, 0.375, 0.64, 0.91, 1], [0, 0, 1, 1, 0, 0])
+    b = np.interp(x, [0, 0.11, 0.34, 0.65, 1], [0.5, 1, 1, 0, 0])
+    return np.round(np.stack([r, g, b], 1) * 255).astype(np.uint8)
+
+
+JET = _jet_lut()
+
+
 def overlay_png(pixels: np.ndarray, cam: np.ndarray, preset: Preset, alpha: float = 0.45) -> bytes:
     """The preprocessed image (denormalised) with the CAM as a jet heatmap."""
-    from matplotlib import colormaps
     from PIL import Image
 
-    img = pixels.transpose(1, 2, 0) * np.asarray(preset.std) + np.asarray(preset.mean)
-    img = np.clip(img, 0, 1)
+    img = pixels.transpose(1, 2, 0) * np.asarray(preset.std, np.float32) + np.asarray(preset.mean, np.float32)
     size = img.shape[:2]
-    heat = np.asarray(Image.fromarray((cam.astype(np.float32) * 255).astype(np.uint8)).resize(
-        size[::-1], Image.BILINEAR), dtype=np.float32) / 255
-    rgb = colormaps["jet"](heat)[..., :3]
-    out = (1 - alpha) * img + alpha * rgb
+    heat = Image.fromarray(np.clip(cam.astype(np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)).resize(
+        size[::-1], Image.BILINEAR)
+    rgb = JET[np.asarray(heat)].astype(np.float32) / 255
+    out = (1 - alpha) * np.clip(img, 0, 1) + alpha * rgb
     buf = io.BytesIO()
-    Image.fromarray((out * 255).astype(np.uint8)).save(buf, "PNG")
+    # compress_level 1: a third of the encode time of the default for ~10% more bytes.
+    Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(buf, "PNG", compress_level=1)
     return buf.getvalue()
 
 
