@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m jobs.demo --config configs/default.yaml
+	$(BIN)/python -m jobs.demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

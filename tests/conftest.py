@@ -44,6 +44,28 @@ def s3_endpoint():
     server.stop()
 
 
+_DASHBOARD: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_cluster) -> str:
+    """The shared head's dashboard (job server) URL, on 127.0.0.1."""
+    return _DASHBOARD["url"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantom, tmp_path_factory):
+    """A saved run (one epoch, 64 px) for the score tests."""
+    from thyro.config import load_config
+    from thyro.training import train_run
+
+    out = tmp_path_factory.mktemp("scorerun")
+    cfg = load_config(None, [{"data": {"source": str(tiny_phantom)}, "preprocess": {"image_size": 64},
+                              "train": {"epochs": 1, "batch_size": 8}, "eval": {"bootstrap": 0}}])
+    train_run(cfg, str(out), log=lambda s: None)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint, tmp_path_factory):
     """One local Ray head shared by every Ray test (started once: it costs seconds).
@@ -62,14 +84,16 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    port = _free_port()
+    port, dashboard_port = _free_port(), _free_port()
     temp = tmp_path_factory.mktemp("ray")
     ray_bin = str(Path(sys.executable).parent / "ray")
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={_free_port()}", "--disable-usage-stats",
+                             f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
                              f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # as on a real node with thyro's environment active: jobs run `python`
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     address = f"127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -81,6 +105,7 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
         proc.kill()
         raise RuntimeError("local Ray head did not start")
     os.environ["RAY_ADDRESS"] = address
+    _DASHBOARD["url"] = f"http://127.0.0.1:{dashboard_port}"
     yield address
     ray.shutdown()
     proc.send_signal(signal.SIGINT)

@@ -22,17 +22,6 @@ SCORE = {"score": {"batch_size": 8, "cam_size": 16, "actors": 1, "cpus_per_actor
                    "cpus_per_task": 0.5, "frames": "all", "chunk_size": 50}}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_phantom, tmp_path_factory):
-    from thyro.training import train_run
-
-    out = tmp_path_factory.mktemp("scorerun")
-    cfg = load_config(None, [{"data": {"source": str(tiny_phantom)}, "preprocess": {"image_size": 64},
-                              "train": {"epochs": 1, "batch_size": 8}, "eval": {"bootstrap": 0}}])
-    train_run(cfg, str(out), log=lambda s: None)
-    return str(out)
-
-
 def _png(arr, mode=None):
     buf = io.BytesIO()
     Image.fromarray(arr, mode).save(buf, "PNG")

@@ -196,6 +196,7 @@ class ScoreConfig(_Section):
     # CPU tasks on either side of the actors: decode + preprocess, and shape
     # features + overlays.
     cpus_per_task: float = Field(0.5, gt=0)
+    task_memory_mib: int = Field(256, ge=1)  # per CPU task: a big frame decodes into a few hundred MiB
     threads: int = Field(0, ge=0)  # torch threads per actor; 0: the node's cores / actors
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"

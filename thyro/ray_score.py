@@ -273,11 +273,11 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     finish_args = {"output": output, "overlays": s.overlays, "region": cfg.cam.region_threshold,
                    "preset": preset.to_dict()}
 
-    def cpu_task_args():
-        # Given as a function so that Ray Data never fuses these tasks into the
-        # predictor actor (it fuses only ops whose remote args are known alike):
-        # decoding inside the actor would leave its GPU, or its threads, idle.
-        return {"num_cpus": s.cpus_per_task}
+    # Decoding a frame takes memory a GPU actor's node should not have to find
+    # at once; the differing request is also what keeps Ray Data from fusing
+    # these tasks into the predictor actor (it fuses only ops with equal remote
+    # args), where decoding would leave the actor's GPU, or its threads, idle.
+    cpu_task_args = {"num_cpus": s.cpus_per_task, "memory": s.task_memory_mib << 20}
 
     for chunk_no, chunk in enumerate(_chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20), 1):
         counts["discovered"] += len(chunk)
@@ -286,14 +286,13 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         # decoded batch instead of waiting for a quarter of the chunk.
         blocks = max(1, -(-len(chunk) // (2 * s.batch_size)))
         ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=blocks)
-        ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow",
-                            num_cpus=s.cpus_per_task, ray_remote_args_fn=cpu_task_args)
+        ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow", **cpu_task_args)
         ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size,
                             compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
                             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
                             batch_format="pyarrow")
         ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
-                            num_cpus=s.cpus_per_task, ray_remote_args_fn=cpu_task_args)
+                            **cpu_task_args)
         ds.write_parquet(pred_path, filesystem=fs, min_rows_per_file=s.rows_per_file)
         written = _status_counts(pred_dir, _parquet_files(pred_dir) - before)
         for status, k in written.items():
