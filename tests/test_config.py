@@ -49,3 +49,24 @@ def test_shipped_configs_load():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_every_config_key_is_in_the_readme_reference():
+    from pathlib import Path
+
+    from thyro.config import Config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    ref = readme[readme.index("## Configuration reference"):]
+    ref = ref[:ref.index("\n## ", 3)]
+
+    def keys(model, prefix=""):
+        for name, f in model.model_fields.items():
+            if hasattr(f.annotation, "model_fields"):
+                yield from keys(f.annotation, f"{prefix}{name}.")
+            else:
+                yield prefix, name
+
+    missing = [p + n for p, n in keys(Config) if f"`{p}{n}`" not in ref and f"{n}`" not in ref and f" {n} [" not in ref
+               and f"`{n}`" not in ref and f", {n}" not in ref]
+    assert not missing, f"README's configuration reference lacks {missing}"

@@ -121,7 +121,7 @@ def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, in
     with LocalS3() if s3 else nullcontext() as endpoint:
         if endpoint:
             cfg.storage.endpoint_url = endpoint
-        step(1, f"phantom in {cfg.data.phantom_dir}; hospital archive of new phantom patients + broken files")
+        step(1, "hospital archive: new phantom patients + broken files" + (f", on S3 at {endpoint}" if endpoint else ""))
         truth = build_archive(Path(out) / "archive-src", *archive_size, seed=2026)
         if endpoint:
             storage.configure(endpoint, "us-east-1")
@@ -134,8 +134,8 @@ def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, in
         log(f"archive: {len(truth)} files at {archive}")
         times["setup"] = time.perf_counter() - t0
 
-        step(2, f"experiment: {' + '.join(cfg.experiment.models)} x splits {cfg.experiment.splits} "
-                "(Ray Tune grid, one Ray Train TorchTrainer per trial)")
+        step(2, f"phantom in {cfg.data.phantom_dir}, then the experiment: {' + '.join(cfg.experiment.models)} x "
+                f"splits {cfg.experiment.splits} (Ray Tune grid, one Ray Train TorchTrainer per trial)")
         exp = run_experiment(cfg, os.path.join(out, "experiment"), log=log)
         times["experiment"] = exp.seconds
 

@@ -248,7 +248,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored)")
 
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
-    PREP_SCHEMA = _prep_schema()
+    prep_schema = _prep_schema()
 
     def prep(items):
         """A block of items -> a block of decoded, preprocessed rows (never raises per input)."""
@@ -264,7 +264,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
                 px = r.pop("pixels")
                 r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
                 out.append(r)
-        return pa.Table.from_pylist(out, schema=PREP_SCHEMA)
+        return pa.Table.from_pylist(out, schema=prep_schema)
 
     pred_dir = storage.join(output, PRED_DIR)
     fs, pred_path = storage.pyarrow_filesystem(pred_dir)
