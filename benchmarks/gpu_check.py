@@ -55,7 +55,8 @@ def main() -> None:
     for s in splits:
         with open(os.path.join(run_dir(res.out, "resnet18", s), "history.json")) as f:
             hist = json.load(f)
-        per_trial.append(sum(h["train_images_per_s"] for h in hist[1:] or hist) / len(hist[1:] or hist))
+        warm = hist[1:] or hist  # the first epoch also decodes and caches the images
+        per_trial.append(sum(h["train_images_per_s"] for h in warm) / len(warm))
     print(f"1. experiment smoke: {len(splits)} ResNet18 trials at {cfg.preprocess.image_size} px, "
           f"{cfg.train.epochs} epochs, in {res.seconds:.0f}s; AUC {res.summary.auc_mean.iloc[0]:.3f}")
     print(f"   training img/s per trial (epochs after the first): {', '.join(f'{v:.0f}' for v in per_trial)}; "

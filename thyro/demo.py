@@ -171,11 +171,10 @@ def format_summary(r: DemoResult, reference: str) -> str:
             f"{s[c + '_mean']:>8.3f} [{s[c + '_ci_low']:.3f},{s[c + '_ci_high']:.3f}]" for c in cols))
     lines.append(f"  {'study':<10}" + "".join(f"{STUDY[c]:>22.3f}" for c in cols))
     if len(r.cam_tests):
-        p_col = "p_holm"
-        sig = r.cam_tests[r.cam_tests[p_col] < 0.05]
+        sig = r.cam_tests[r.cam_tests["p_holm"] < 0.05]
         lines += ["", f"Grad-CAM region shape, benign vs malignant ({reference}, Mann-Whitney U, Holm): "
                   f"{len(sig)} of {len(r.cam_tests)} features differ at P < 0.05"
-                  + (": " + ", ".join(f"{f} (p={p:.2g})" for f, p in zip(sig['feature'], sig[p_col])) if len(sig) else "")]
+                  + (": " + ", ".join(f"{f} (p={p:.2g})" for f, p in zip(sig['feature'], sig['p_holm'])) if len(sig) else "")]
     c = r.score_counts
     lines += ["", f"Score job: {c['discovered']} archive files -> {c['ok']} scored, {c['error']} error rows; "
               f"AUC on the archive's new patients {r.archive_auc:.3f}"]

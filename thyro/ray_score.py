@@ -17,6 +17,7 @@ hash are skipped, so a killed job rerun ends with every input exactly once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from thyro.config import Config, config_to_dict
 PRED_DIR = "predictions"
 
 
+@functools.cache
 def output_schema():
     """The Parquet schema, fixed: a chunk of only error rows must not change a column's type."""
     import pyarrow as pa
@@ -46,6 +48,7 @@ def output_schema():
     return pa.schema(fields)
 
 
+@functools.cache
 def _prep_schema():
     import pyarrow as pa
 
@@ -65,26 +68,21 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     A file cut off by a kill is unreadable: with `quarantine` it is moved to
     `<output>/_incomplete/` (kept, not deleted) and its rows are scored again.
     """
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     d = storage.join(output, PRED_DIR)
-    if not storage.exists(d):
-        return set()
-    fs, path = storage.pyarrow_filesystem(d)
+    fs, _ = storage.pyarrow_filesystem(d)
     keys: set[str] = set()
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if not info.path.endswith(".parquet"):
-            continue
+    for path in sorted(_parquet_files(d)):
         try:
-            t = pq.read_table(info.path, filesystem=fs, columns=["input_uri", "sha256", "frame", "model_id"])
+            t = pq.read_table(path, filesystem=fs, columns=["input_uri", "sha256", "frame", "model_id"])
         except Exception:
             if quarantine:
                 import fsspec
 
                 ffs, root = fsspec.core.url_to_fs(storage.join(output, "_incomplete"))
                 ffs.makedirs(root, exist_ok=True)
-                ffs.mv(info.path, f"{root}/{info.base_name}")
+                ffs.mv(path, f"{root}/{path.rsplit('/', 1)[-1]}")
             continue
         for u, s, f, m in zip(*(t.column(c).to_pylist() for c in ("input_uri", "sha256", "frame", "model_id"))):
             if m == model_id:
@@ -248,7 +246,6 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored)")
 
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
-    prep_schema = _prep_schema()
 
     def prep(items):
         """A block of items -> a block of decoded, preprocessed rows (never raises per input)."""
@@ -264,7 +261,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
                 px = r.pop("pixels")
                 r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
                 out.append(r)
-        return pa.Table.from_pylist(out, schema=prep_schema)
+        return pa.Table.from_pylist(out, schema=_prep_schema())
 
     pred_dir = storage.join(output, PRED_DIR)
     fs, pred_path = storage.pyarrow_filesystem(pred_dir)
