@@ -45,3 +45,12 @@ def test_missing_file_is_named(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,benign\ngone.png,malignant\n")
     with pytest.raises(ManifestError, match="gone.png"):
         load_manifest(str(tmp_path / "m.csv"))
+
+
+def test_a_folder_holding_manifest_csv_is_a_data_set(tiny_phantom):
+    # `thyro phantom --out DIR` then `thyro train --data DIR` failed with "unknown label 'images'".
+    from thyro.manifest import load_manifest
+
+    by_folder = load_manifest(str(tiny_phantom.parent))
+    by_csv = load_manifest(str(tiny_phantom))
+    assert by_folder.equals(by_csv) and len(by_folder) == 36

@@ -15,10 +15,31 @@ def _ellipse(a, b, size=128, angle=0.0):
 def test_circle_and_ellipse_features():
     circle = shape.region_features(_ellipse(30, 30))
     assert circle["circularity"] > 0.85 and circle["eccentricity"] < 0.1
-    assert circle["aspect_ratio"] == pytest.approx(1, abs=0.05)
-    ell = shape.region_features(_ellipse(40, 20))
-    assert ell["aspect_ratio"] == pytest.approx(2, rel=0.05)
+    assert circle["height_width"] == pytest.approx(1, abs=0.05)
+    ell = shape.region_features(_ellipse(40, 20))  # 80 px wide, 40 px tall
+    assert ell["height_width"] == pytest.approx(0.5, rel=0.05)
     assert ell["area"] == pytest.approx(np.pi * 40 * 20 / 128 ** 2, rel=0.05)
+    # eccentricity of an ellipse with semi-axes a > b: sqrt(1 - b^2/a^2)
+    assert ell["eccentricity"] == pytest.approx(np.sqrt(1 - 0.25), abs=0.02)
+
+
+def test_taller_than_wide_is_seen():
+    tall = shape.region_features(_ellipse(15, 35))  # 30 px wide, 70 px tall
+    assert tall["height_width"] == pytest.approx(35 / 15, rel=0.06)
+    assert tall["orientation_axial"] == pytest.approx(1, abs=0.01)  # major axis vertical
+
+
+@pytest.mark.parametrize("deg,expected", [(3, -np.cos(np.radians(6))), (-3, -np.cos(np.radians(6))),
+                                          (45, 0.0), (90, 1.0)])
+def test_orientation_is_axial(deg, expected):
+    # A wide ellipse tilted by `deg` from horizontal: cos(2 theta) with theta from the vertical
+    # = -cos(2 deg). +-3 degrees agree (the raw angle read +86.8 and -86.8).
+    f = shape.region_features(_ellipse(40, 16, angle=np.radians(deg)))
+    assert f["orientation_axial"] == pytest.approx(expected, abs=0.03)
+
+
+def test_all_zero_map_gives_nan():
+    assert all(np.isnan(v) for v in shape.region_features(np.zeros((16, 16))).values())
 
 
 def test_largest_component_only():

@@ -2,8 +2,15 @@
 
 One forward pass gives the logits and, through a forward hook, the target
 layer's activations; one `torch.autograd.grad` call takes the gradient of the
-target logits down to that layer only (not through the rest of the network).
+target's score down to that layer only (not through the rest of the network).
 Hooks live only inside the `GradCAM` context manager.
+
+The score is the target's log-odds, z_t - logsumexp(z_others) (for two classes
+z_t - z_other), not the raw logit z_t. With a softmax head only differences of
+logits move the prediction: the part the two head rows share, (W0 + W1) / 2,
+gets exactly opposite gradients from cross-entropy or focal loss and never
+leaves its random initialisation. A map of one raw logit is then largely that
+random projection (for ResNet it is exactly ReLU(W_c . A)); the margin cancels it.
 
 Post-processing follows pytorch-grad-cam (the oracle in the tests): ReLU,
 per-image min-max scaling, bilinear resize to the input size, scaling again.
@@ -29,6 +36,13 @@ def _minmax(m: torch.Tensor) -> torch.Tensor:
     m = m - lo
     hi = m.flatten(1).max(1).values.view(-1, 1, 1)
     return m / (hi + _EPS)
+
+
+def log_odds(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """z_t - logsumexp(z_j, j != t) per row: log p_t / (1 - p_t), what the prediction depends on."""
+    z_t = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf"))
+    return z_t - torch.logsumexp(others, dim=1)
 
 
 @dataclass
@@ -81,7 +95,7 @@ class GradCAM:
                 tgt = logits.argmax(1)
             else:
                 tgt = torch.full((len(x),), int(target), device=logits.device, dtype=torch.long)
-            score = logits.gather(1, tgt[:, None]).sum()
+            score = log_odds(logits.float(), tgt).sum()
             (grads,) = torch.autograd.grad(score, acts)
         acts, grads = acts.detach().float(), grads.float()
         weights = grads.mean(dim=(2, 3), keepdim=True)

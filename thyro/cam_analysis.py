@@ -1,58 +1,130 @@
-"""Grad-CAM analysis of a saved run's test images: maps, region shape, localisation.
+"""Grad-CAM analysis of a saved run's test images: maps, region shape, localisation, faithfulness.
 
-Writes `cam_features.csv` (one row per test image) and `cams.npz` (the maps,
-float16) into the run folder. Plain torch; the experiment calls it on the Ray
-worker that trained the model.
+Writes into the run folder:
+- `cam_features.csv`: one row per test image: region shape measured on the map
+  in the original image's geometry, `cam_zero` (the map is all zero: nothing in
+  the image raises the target's log-odds; its shape features are NaN),
+  `cam_in_field`, and, where the data set has true masks, localisation;
+- `cams.npz`: the model-space maps (float16) and each image's geometry, so a
+  report can put them back over the original image;
+- `faithfulness.json`: deletion / insertion AUCs against a random order.
+Plain torch; the experiment calls it on the Ray worker that trained the model.
 """
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
-from thyro import checkpoint, shape, storage
-from thyro.decode import read_image
-from thyro.predictor import Predictor
+from thyro import faithfulness, shape, storage
+from thyro.config import CamConfig
+from thyro.geometry import crop_map_to_original, original_mask_to_model
+from thyro.predictor import Predictor, cam_in_field, field_mask_on_input
 
 
-def _mask(path: str, size: int) -> np.ndarray:
-    m = Image.open(io.BytesIO(storage.read_bytes(path))).convert("L").resize((size, size), Image.NEAREST)
+def _mask(path: str, shape_hw: tuple[int, int]) -> np.ndarray:
+    m = Image.open(io.BytesIO(storage.read_bytes(path))).convert("L")
+    if m.size != shape_hw[::-1]:
+        m = m.resize(shape_hw[::-1], Image.NEAREST)
     return np.asarray(m) > 127
 
 
-def analyse_run(run: str, manifest: pd.DataFrame, size: int = 56, device: str = "auto",
-                batch_size: int = 32, region_threshold: float = 0.5, frame: str = "middle") -> pd.DataFrame:
+def _decode(path: str, frame: str):
+    from thyro.decode import decode_image
+
+    d = decode_image(storage.read_bytes(path), path, frame)
+    return d.frames[0][1], d.regions
+
+
+def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, size: int = 56,
+                device: str = "auto", batch_size: int = 32, precision: str = "fp32") -> pd.DataFrame:
+    from thyro import checkpoint
+
+    cam = cam or CamConfig()
     preds = checkpoint.load_predictions(run)
     rows = manifest.set_index("image_id").loc[preds["image_id"]]
-    predictor = Predictor(run, device=device, cam_size=size)
-    cams, probs = [], []
+    predictor = Predictor(run, device=device, precision=precision, cam_size=size, cam_target=cam.target,
+                          cam_layer_name=cam.layer)
+    p = predictor.preset
+    feats, model_maps, geoms = [], [], []
+    faith_x, faith_maps, faith_targets = [], [], []
     for i in range(0, len(rows), batch_size):
-        images = [read_image(p, frame=frame) for p in rows["path"].iloc[i:i + batch_size]]
-        out = predictor.predict(images)
-        cams.append(out["cam"])
-        probs.append(out["prob_malignant"])
-    cams_arr, probs_arr = np.concatenate(cams), np.concatenate(probs)
-    feats = []
-    has_mask = "mask_path" in rows and rows["mask_path"].notna().all()
-    for k, (image_id, r) in enumerate(rows.iterrows()):
-        f = {"image_id": image_id, "label": int(r["label"]), "prob_malignant": float(probs_arr[k])}
-        f.update(shape.region_features(cams_arr[k].astype(np.float32), region_threshold))
-        if has_mask:
-            mask = _mask(r["mask_path"], size)
-            f["energy_inside"] = shape.energy_inside(cams_arr[k], mask)
-            f["pointing_hit"] = shape.pointing_game(cams_arr[k], mask)
-        feats.append(f)
+        chunk = rows.iloc[i:i + batch_size]
+        decoded = [_decode(path, p.frame) for path in chunk["path"]]
+        crops = [max(predictor.crops(img, reg), key=lambda c: c.field_mask.sum()) for img, reg in decoded]
+        from thyro.transforms import preprocess_batch
+
+        x = preprocess_batch([c.image for c in crops], p)
+        out = predictor.predict_tensor(x)
+        if len(faith_x) * batch_size < cam.faithfulness_images:
+            faith_x.append(x)
+            faith_maps.append(torch.from_numpy(out.cam_model))
+            faith_targets.append(torch.from_numpy(out.target))
+        for k, (image_id, r) in enumerate(chunk.iterrows()):
+            c, (img, _) = crops[k], decoded[k]
+            g = c.geometry(p)
+            m_model = out.cam_model[k]
+            m_crop = predictor.crop_map(m_model, c)
+            f = {"image_id": image_id, "label": int(r["label"]), "prob_malignant": float(out.prob_malignant[k]),
+                 "cam_target": int(out.target[k]), "cam_zero": bool(m_model.max() <= 0)}
+            f.update(shape.region_features(m_crop, cam.region_threshold))
+            if isinstance(r.get("field_mask_path"), str):  # the phantom knows its true scan field
+                field = original_mask_to_model(_mask(r["field_mask_path"], img.shape[:2]), g)
+            else:
+                field = field_mask_on_input(c, p, img)
+            f["cam_in_field"] = cam_in_field(m_model, field)
+            if isinstance(r.get("mask_path"), str):
+                truth = _mask(r["mask_path"], img.shape[:2])
+                full = crop_map_to_original(m_crop, g)
+                f["energy_inside"] = shape.energy_inside(full, truth)
+                f["pointing_hit"] = shape.pointing_game(full, truth) if full.max() > 0 else float("nan")
+            feats.append(f)
+            model_maps.append(m_model.astype(np.float16))
+            geoms.append(g.to_dict())
     df = pd.DataFrame(feats)
     storage.write_bytes(storage.join(run, "cam_features.csv"), df.to_csv(index=False).encode())
     buf = io.BytesIO()
-    np.savez_compressed(buf, image_id=np.asarray(rows.index, dtype=str), cam=cams_arr)
+    np.savez_compressed(buf, image_id=np.asarray(rows.index, dtype=str), cam=np.stack(model_maps),
+                        geometry=np.asarray([json.dumps(g) for g in geoms]))
     storage.write_bytes(storage.join(run, "cams.npz"), buf.getvalue())
+    if faith_x:
+        faith = _faithfulness(predictor, torch.cat(faith_x)[:cam.faithfulness_images],
+                              torch.cat(faith_maps)[:cam.faithfulness_images],
+                              torch.cat(faith_targets)[:cam.faithfulness_images], cam.faithfulness_steps)
+        storage.write_bytes(storage.join(run, "faithfulness.json"), json.dumps(faith, indent=2).encode())
     return df
 
 
-def load_cams(run: str) -> tuple[np.ndarray, np.ndarray]:
+def _faithfulness(predictor: Predictor, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
+                  steps: int) -> dict:
+    """Deletion / insertion of the maps' pixels against a random order (all-zero maps left out:
+    they give no order)."""
+    model, dev = predictor.model, predictor.device
+    dtype = torch.bfloat16 if predictor.precision == "bf16" else None
+    keep = maps.flatten(1).amax(1) > 0
+    if not keep.any():
+        return {"n_images": 0, "steps": steps, "n_zero_maps_skipped": int(len(keep))}
+    x, maps, targets = x[keep], maps[keep], targets[keep].to(dev)
+
+    @torch.no_grad()
+    def score(batch: torch.Tensor) -> torch.Tensor:  # one batch = every image, in order
+        from thyro.models import main_logits
+
+        with torch.autocast(device_type=dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = main_logits(model(batch.to(dev))).float()
+        return torch.softmax(logits, 1).gather(1, targets[:, None])[:, 0]
+
+    c = faithfulness.curves(score, x, maps, steps=steps, batch_size=len(x))
+    return {**faithfulness.summarize(c), "steps": steps, "fill": "image mean",
+            "n_zero_maps_skipped": int((~keep).sum())}
+
+
+def load_cams(run: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     z = np.load(io.BytesIO(storage.read_bytes(storage.join(run, "cams.npz"))))
-    return z["image_id"], z["cam"]
+    geoms = [json.loads(g) for g in z["geometry"]] if "geometry" in z else []
+    return z["image_id"], z["cam"], geoms

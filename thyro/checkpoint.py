@@ -59,7 +59,8 @@ def load_card(run: str) -> dict:
 def load_run(run: str, map_location="cpu") -> tuple[nn.Module, dict]:
     """-> (model in eval mode with its weights, model card)."""
     card = load_card(run)
-    model = build_model(card["model"]["architecture"], weights=None, num_classes=card["model"]["num_classes"])
+    model = build_model(card["model"]["architecture"], weights=None, num_classes=card["model"]["num_classes"],
+                        transform_input=card["model"].get("transform_input"))
     sd = torch.load(io.BytesIO(_read(join(run, card["model"]["weights_file"]))),
                     map_location=map_location, weights_only=True)
     model.load_state_dict(sd)

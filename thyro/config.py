@@ -59,20 +59,30 @@ class PhantomConfig(_Section):
 
 class DataConfig(_Section):
     # "phantom" (generated into `phantom_dir`), a folder with one subfolder per
-    # class, or a CSV manifest `path,label[,patient_id]`; local path or URI.
+    # class (or holding a manifest.csv), or a CSV manifest `path,label[,patient_id]`;
+    # local path or URI.
     source: str = "phantom"
     phantom_dir: str = "data/phantom"
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
-    # DICOM multi-frame: which frame becomes the training image.
-    frame: Literal["first", "middle"] = "middle"
 
 
 class PreprocessConfig(_Section):
-    # A named preset from thyro.transforms.PRESETS; the fields below override it.
+    # A named preset from thyro.transforms.PRESETS; every other key overrides one
+    # of its fields (null: the preset's). The resolved preset is saved with the model.
     preset: str = "study"
     image_size: Optional[int] = Field(None, ge=32, le=1024)
+    resize: Optional[Literal["squash", "letterbox"]] = None
+    field: Optional[Literal["none", "auto"]] = None
+    panes: Optional[Literal["largest", "all", "each"]] = None
+    suppress_marks: Optional[bool] = None
+    # Multi-frame DICOM: the frame that trains, is scored by default and is shown in reports.
+    frame: Optional[Literal["first", "middle"]] = None
+    augment: Optional[Literal["study", "robust"]] = None
     rotation_degrees: Optional[float] = Field(None, ge=0.0, le=180.0)
     hflip_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    crop_scale: Optional[float] = Field(None, gt=0.0, le=1.0)
+    intensity: Optional[float] = Field(None, ge=0.0, le=1.0)
+    speckle: Optional[float] = Field(None, ge=0.0, le=1.0)
 
 
 class ModelConfig(_Section):
@@ -88,6 +98,12 @@ class TrainConfig(_Section):
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     loss: Literal["focal", "cross_entropy"] = "focal"
+    # The study: Adam at a constant rate. "adamw" + "cosine" (with warm-up) is the robust recipe's.
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    # Exponential moving average of the weights (0: off; e.g. 0.99); the average is what is saved.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     # Weight of the malignant class; null weighs both classes equally.
     focal_alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
@@ -110,17 +126,29 @@ class SplitConfig(_Section):
 
 
 class EvalConfig(_Section):
+    # The study's operating point: accuracy, recall, precision, F1 and specificity at it.
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     target_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
+    # Patients of the training part held back (grouped, stratified) to choose the
+    # operating threshold at `target_sensitivity` and fit temperature scaling, so the
+    # test set never chooses them. 0: none held back; the card keeps `threshold`.
+    calibration_fraction: float = Field(0.0, ge=0.0, le=0.5)
     bootstrap: int = Field(1000, ge=0)
     batch_size: int = Field(64, ge=1)
 
 
 class CamConfig(_Section):
-    # Which class the map explains: the predicted one, or a fixed class index.
-    target: Literal["predicted", "malignant", "benign"] = "predicted"
+    # Which class the map explains. The shape analysis compares benign with malignant
+    # maps, which only means something when every map explains the same class.
+    target: Literal["predicted", "malignant", "benign"] = "malignant"
     # Threshold (fraction of the map's max) that defines the highlighted region.
     region_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # The hooked module; null: the last conv block (ResNet "layer4", 7x7 at 224 px).
+    # "layer3" is twice as fine; shapes measured on a 7x7 map mostly reflect interpolation.
+    layer: Optional[str] = None
+    # Deletion / insertion curves (RISE) for this many test images per run (0: off).
+    faithfulness_images: int = Field(64, ge=0)
+    faithfulness_steps: int = Field(16, ge=2, le=256)
 
 
 ModelName = Literal["resnet18", "alexnet", "vgg16", "inception_v3"]
@@ -178,9 +206,15 @@ class SearchConfig(_Section):
     image_size: list[int] = Field(default_factory=lambda: [224], min_length=1)
 
 
+# Side files that sit next to images in exported archives (a labels CSV, a report PDF).
+SIDE_FILE_EXTENSIONS = [".csv", ".txt", ".json", ".xml", ".pdf", ".md", ".html", ".htm", ".log", ".ini", ".xlsx",
+                        ".xls", ".doc", ".docx", ".db", ".ds_store"]
+
+
 class ScoreConfig(_Section):
-    # DICOM multi-frame: score the first, the middle, or every frame (`frame` column).
-    frames: Literal["first", "middle", "all"] = "first"
+    # DICOM multi-frame: null scores the frame the model trained on (its preset's
+    # `frame`); or the first, the middle, or all frames (`frame` column).
+    frames: Optional[Literal["first", "middle", "all"]] = None
     batch_size: int = Field(32, ge=1)
     # Inputs handed to Ray Data at a time, and at most this many MiB of inline
     # bytes (tar members): bounds the driver's memory. Each chunk is one
@@ -202,6 +236,9 @@ class ScoreConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     cam_size: int = Field(56, ge=8, le=512)
     overlays: bool = True
+    # Files with these extensions get a `skipped` row instead of an error row. A file
+    # without an extension is never skipped on that account (DICOM files often have none).
+    skip_extensions: list[str] = Field(default_factory=lambda: list(SIDE_FILE_EXTENSIONS))
     # Row ids and overlay names are hashes of the input URI (paths can carry
     # names); a secret salt also stops guessing them from a known path.
     hash_salt: str = ""

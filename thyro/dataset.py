@@ -1,41 +1,43 @@
-"""A torch Dataset over a manifest: decode, preprocess, label."""
+"""A torch Dataset over a manifest: decode, crop to the scan field, preprocess, label."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from thyro.decode import read_image
-from thyro.transforms import Preset, eval_transform, train_transform
+from thyro.preprocess import Cropped, read_crop
+from thyro.transforms import Preset, TrainTransform, eval_tensor
 
 
 class UltrasoundDataset(Dataset):
     """Rows of a manifest -> (image tensor, label).
 
-    `cache=True` keeps decoded images in memory: small study-sized data sets
-    (hundreds of images) then decode once instead of once per epoch.
+    `cache=True` keeps each image's field crop in memory: small study-sized data
+    sets (hundreds of images) then decode and find their scan field once, not
+    once per epoch.
     """
 
-    def __init__(self, manifest: pd.DataFrame, preset: Preset, train: bool,
-                 frame: str = "middle", cache: bool = True):
+    def __init__(self, manifest: pd.DataFrame, preset: Preset, train: bool, cache: bool = True):
         self.paths = manifest["path"].tolist()
         self.labels = manifest["label"].astype(int).tolist()
-        self.transform = train_transform(preset) if train else eval_transform(preset)
-        self.frame = frame
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.preset = preset
+        self.train_transform = TrainTransform(preset) if train else None
+        self._cache: dict[int, Cropped] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def image(self, i: int) -> np.ndarray:
+    def crop(self, i: int) -> Cropped:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = read_image(self.paths[i], frame=self.frame)
+        c = read_crop(self.paths[i], self.preset)
         if self._cache is not None:
-            self._cache[i] = img
-        return img
+            self._cache[i] = c
+        return c
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.image(i)), self.labels[i]
+        c = self.crop(i)
+        if self.train_transform is not None:
+            return self.train_transform(c.image, c.field_mask), self.labels[i]
+        return eval_tensor(c.image, self.preset), self.labels[i]

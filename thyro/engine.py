@@ -41,7 +41,9 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
-                    precision: str = "fp32", channels_last: bool = False) -> dict:
+                    precision: str = "fp32", channels_last: bool = False,
+                    scheduler=None, ema: nn.Module | None = None) -> dict:
+    """One pass over `loader`; `scheduler` steps per batch, `ema` (an AveragedModel) follows the weights."""
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
     for x, y in loader:
@@ -57,6 +59,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(y)
         n += len(y)
     dt = time.perf_counter() - t0
@@ -64,38 +70,55 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, loader: DataLoader, device: torch.device,
-                  precision: str = "fp32", channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """-> (labels, probability of class 1) over the loader."""
+def predict_margin(model: nn.Module, loader: DataLoader, device: torch.device,
+                   precision: str = "fp32", channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """-> (labels, log-odds of class 1, z1 - z0) over the loader, in float32 whatever the
+    precision: the head runs in fp32 (models.Float32Linear), so bf16 creates no ties here."""
     model.eval()
-    ys, ps = [], []
+    ys, ms = [], []
     for x, y in loader:
         with autocast(device, precision):
             logits = main_logits(model(_to(x, device, channels_last)))
-        ps.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
+        logits = logits.float()
+        ms.append((logits[:, 1] - logits[:, 0]).cpu())
         ys.append(y)
-    return torch.cat(ys).numpy(), torch.cat(ps).numpy()
+    return torch.cat(ys).numpy(), torch.cat(ms).numpy()
+
+
+def sigmoid(margin: np.ndarray) -> np.ndarray:
+    """softmax of two logits = sigmoid of their difference, computed without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(margin, dtype=np.float64)))
+
+
+def predict_proba(model: nn.Module, loader: DataLoader, device: torch.device,
+                  precision: str = "fp32", channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """-> (labels, probability of class 1) over the loader."""
+    y, m = predict_margin(model, loader, device, precision, channels_last)
+    return y, sigmoid(m)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5,
              precision: str = "fp32", channels_last: bool = False) -> dict:
     from thyro.metrics import binary_metrics
 
-    y, p = predict_proba(model, loader, device, precision, channels_last)
-    return {"metrics": binary_metrics(y, p, threshold), "y": y, "prob": p}
+    y, m = predict_margin(model, loader, device, precision, channels_last)
+    p = sigmoid(m)
+    return {"metrics": binary_metrics(y, p, threshold), "y": y, "prob": p, "margin": m}
 
 
 def fit(model: nn.Module, train_loader: DataLoader, test_loader: DataLoader | None,
         loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, device: torch.device,
         precision: str = "fp32", channels_last: bool = False,
-        on_epoch: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+        on_epoch: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print,
+        scheduler=None, ema: nn.Module | None = None) -> list[dict]:
     """Train for `epochs`; evaluate after each epoch when a test loader is given."""
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     history = []
     for epoch in range(epochs):
-        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, channels_last)
+        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, precision, channels_last,
+                             scheduler, ema)
         rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_images_per_s": tr["images_per_s"]}
         if test_loader is not None:
             ev = evaluate(model, test_loader, device, precision=precision, channels_last=channels_last)

@@ -21,8 +21,10 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1)
         logp_t = logp.gather(1, target[:, None]).squeeze(1)
-        p_t = logp_t.exp()
-        loss = -((1 - p_t) ** self.gamma) * logp_t
+        # 1 - p_t as -expm1(log p_t): exact where p_t rounds to 1, and clamped above 0
+        # because d/dx x^gamma is infinite at x = 0 for gamma < 1 (NaN gradients otherwise).
+        one_minus = (-torch.expm1(logp_t)).clamp_min(torch.finfo(logp_t.dtype).tiny)
+        loss = -(one_minus ** self.gamma) * logp_t
         if self.alpha is not None:
             alpha_t = torch.where(target == 1, self.alpha, 1 - self.alpha)
             loss = alpha_t * loss

@@ -4,7 +4,8 @@ Two layouts are accepted, local or on any fsspec URI (s3://...):
 
 - a folder with one subfolder per class (`benign/`, `malignant/`, any case),
   images found recursively below each;
-- a CSV with columns `path,label[,patient_id]`, paths relative to the CSV.
+- a CSV with columns `path,label[,patient_id]`, paths relative to the CSV, or a
+  folder holding one as `manifest.csv` (what `thyro phantom` writes).
 
 Both become one DataFrame with columns `image_id, path, label, patient_id`
 (+ `mask_path` when the CSV has it). `label` is 0 (benign) or 1 (malignant).
@@ -94,6 +95,8 @@ def load_manifest(source: str, check_files: bool = True) -> pd.DataFrame:
     prefix = "" if isinstance(fs, LocalFileSystem) else f"{source.split('://')[0]}://"
     if not fs.exists(path):
         raise ManifestError(f"{source}: data set not found")
+    if fs.isdir(path) and fs.isfile(posixpath.join(path, "manifest.csv")):
+        path = posixpath.join(path, "manifest.csv")  # e.g. `thyro phantom --out DIR`: DIR is a data set
     df = _from_folder(fs, path, prefix) if fs.isdir(path) else _from_csv(fs, path, prefix)
     if df["label"].nunique() < 2:
         raise ManifestError(f"{source}: needs images of both classes, found only {CLASSES[df['label'].iloc[0]]}")

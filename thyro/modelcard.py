@@ -40,19 +40,24 @@ def git_sha() -> str | None:
 
 
 def build_card(*, model_name: str, preset: dict, threshold: float, split: dict, metrics: dict,
-               data: dict, training: dict, cam_layer: str, name: str = "thyro") -> dict:
+               data: dict, training: dict, cam_layer: str, name: str = "thyro",
+               calibration: dict | None = None, transform_input: bool | None = None) -> dict:
+    """`threshold` labels the calibrated probability (softmax of log-odds / temperature)."""
+    calibration = calibration or {"temperature": 1.0, "threshold": threshold, "chosen_on": "fixed"}
     return {
         "schema": "thyro.modelcard/1",
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,
         "model": {"architecture": model_name, "weights_file": "model.pt", "num_classes": 2,
-                  "cam_layer": cam_layer},
+                  "cam_layer": cam_layer, "transform_input": transform_input},
         "inputs": {"type": "ultrasound image (B-mode), decoded to 8-bit RGB",
                    "tensor": f"float32 (N, 3, {preset['image_size']}, {preset['image_size']})",
                    "preprocessing": preset},
         "outputs": {"classes": CLASSES, "positive_class": "malignant",
-                    "score": "softmax probability of malignancy", "threshold": threshold},
+                    "score": "probability of malignancy: sigmoid((z1 - z0) / temperature)",
+                    "temperature": calibration["temperature"], "threshold": threshold,
+                    "operating_point": calibration},
         "data": data,
         "split": split,
         "training": training,

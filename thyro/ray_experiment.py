@@ -62,7 +62,9 @@ def _train_worker(config: dict) -> None:
     if rank == 0 and config.get("cam_analysis"):
         from thyro.cam_analysis import analyse_run
 
-        analyse_run(config["run_dir"], manifest, size=config["cam_size"], device=device)
+        # every CAM setting of the config, not the defaults (target, region threshold, layer, faithfulness)
+        analyse_run(config["run_dir"], manifest, cam=cfg.cam, size=config["cam_size"], device=device,
+                    precision=cfg.train.precision)
     final = {k: res.metrics[k] for k in METRIC_NAMES}
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
@@ -86,7 +88,7 @@ def _trial(config: dict) -> None:
         _train_worker,
         {"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"], "splits": config["splits"],
          "source": config.get("source"), "cam_size": cfg.experiment.cam_size,
-         "cam_analysis": cfg.experiment.cam_analysis and cfg.model.name == cfg.experiment.reference_model},
+         "cam_analysis": cfg.experiment.cam_analysis},
         cfg, f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
         config["storage_path"])
     trainer.fit()

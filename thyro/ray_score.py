@@ -41,9 +41,11 @@ def output_schema():
     from thyro.scoring import CAM_FEATURES
 
     f64, i64, s = pa.float64(), pa.int64(), pa.string()
-    fields = [("row_id", s), ("input_uri", s), ("frame", i64), ("sha256", s), ("status", s), ("error", s),
-              ("prob_malignant", f64), ("label", s), ("threshold", f64), ("model_id", s),
-              ("cam", pa.binary()), ("cam_size", i64), *[(f"cam_{k}", f64) for k in CAM_FEATURES],
+    fields = [("row_id", s), ("input_uri", s), ("frame", i64), ("pane", i64), ("sha256", s), ("status", s),
+              ("error", s), ("prob_malignant", f64), ("margin", f64), ("label", s), ("threshold", f64),
+              ("model_id", s), ("cam", pa.binary()), ("cam_height", i64), ("cam_width", i64), ("cam_target", s),
+              *[(f"cam_{k}", f64) for k in CAM_FEATURES], ("cam_in_field", f64),
+              ("field_y0", i64), ("field_x0", i64), ("field_y1", i64), ("field_x1", i64), ("field_source", s),
               ("overlay_uri", s), ("width", i64), ("height", i64), ("decode_ms", f64), ("infer_ms", f64)]
     return pa.schema(fields)
 
@@ -53,13 +55,13 @@ def _prep_schema():
     import pyarrow as pa
 
     s, i64, f64 = pa.string(), pa.int64(), pa.float64()
-    return pa.schema([("row_id", s), ("input_uri", s), ("frame", i64), ("sha256", s), ("status", s),
-                      ("error", s), ("pixels", pa.binary()), ("width", i64), ("height", i64),
-                      ("decode_ms", f64)])
+    return pa.schema([("row_id", s), ("input_uri", s), ("frame", i64), ("pane", i64), ("sha256", s),
+                      ("status", s), ("error", s), ("pixels", pa.binary()), ("width", i64), ("height", i64),
+                      ("geometry", s), ("field_model", pa.binary()), ("decode_ms", f64)])
 
 
-def _score_key(input_uri: str, sha: str | None, frame: int) -> str:
-    return hashlib.sha1(f"{input_uri}|{sha}|{frame}".encode()).hexdigest()
+def _score_key(input_uri: str, sha: str | None, frame: int, pane: int = 0) -> str:
+    return hashlib.sha1(f"{input_uri}|{sha}|{frame}|{pane}".encode()).hexdigest()
 
 
 def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str]:
@@ -75,7 +77,7 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     keys: set[str] = set()
     for path in sorted(_parquet_files(d)):
         try:
-            t = pq.read_table(path, filesystem=fs, columns=["input_uri", "sha256", "frame", "model_id"])
+            t = pq.read_table(path, filesystem=fs, columns=["input_uri", "sha256", "frame", "pane", "model_id"])
         except Exception:
             if quarantine:
                 import fsspec
@@ -84,9 +86,10 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
                 ffs.makedirs(root, exist_ok=True)
                 ffs.mv(path, f"{root}/{path.rsplit('/', 1)[-1]}")
             continue
-        for u, s, f, m in zip(*(t.column(c).to_pylist() for c in ("input_uri", "sha256", "frame", "model_id"))):
+        cols = ("input_uri", "sha256", "frame", "pane", "model_id")
+        for u, s, f, p, m in zip(*(t.column(c).to_pylist() for c in cols)):
             if m == model_id:
-                keys.add(_score_key(u, s, f))
+                keys.add(_score_key(u, s, f, p or 0))
     return keys
 
 
@@ -151,7 +154,8 @@ class _ScoreActor:
         # model is the bottleneck, so by default it may use the node's cores
         # (shared with the decode tasks, which mostly wait on I/O and zlib).
         torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // s.actors))
-        self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size, cam_target=cfg.cam.target)
+        self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size,
+                           cam_target=cfg.cam.target, cam_layer_name=cfg.cam.layer)
 
     def __call__(self, table):
         import pyarrow as pa
@@ -160,7 +164,7 @@ class _ScoreActor:
         n = table.num_rows
         ok = [i for i, v in enumerate(table.column("status").to_pylist()) if v == "ok"]
         size = self.p.preset.image_size
-        prob, label, cam, ms = [None] * n, [None] * n, [None] * n, [None] * n
+        prob, margin, label, cam, target, ms = ([None] * n for _ in range(6))
         if ok:
             px = table.column("pixels").to_pylist()
             x = torch.from_numpy(np.stack([np.frombuffer(px[i], np.float32).reshape(3, size, size) for i in ok]))
@@ -168,12 +172,15 @@ class _ScoreActor:
             out = self.p.predict_tensor(x)
             per_image = (time.perf_counter() - t0) * 1000 / len(ok)
             for j, i in enumerate(ok):
-                prob[i] = float(out["prob_malignant"][j])
-                label[i] = "malignant" if out["label"][j] else "benign"
-                cam[i] = out["cam"][j].tobytes()
+                prob[i] = float(out.prob_malignant[j])
+                margin[i] = float(out.margin[j])
+                label[i] = "malignant" if out.label[j] else "benign"
+                cam[i] = out.cam_model[j].astype(np.float16).tobytes()  # model space; _finish maps it back
+                target[i] = "malignant" if out.target[j] == 1 else "benign"
                 ms[i] = per_image
-        for name, values, typ in (("prob_malignant", prob, pa.float64()), ("label", label, pa.string()),
-                                  ("cam", cam, pa.binary()), ("infer_ms", ms, pa.float64()),
+        for name, values, typ in (("prob_malignant", prob, pa.float64()), ("margin", margin, pa.float64()),
+                                  ("label", label, pa.string()), ("cam", cam, pa.binary()),
+                                  ("cam_target", target, pa.string()), ("infer_ms", ms, pa.float64()),
                                   ("threshold", [self.p.threshold] * n, pa.float64()),
                                   ("model_id", [self.p.model_id] * n, pa.string()),
                                   ("cam_size", [self.p.cam_size] * n, pa.int64())):
@@ -181,34 +188,47 @@ class _ScoreActor:
         return table
 
 
-def _finish(table, output: str, overlays: bool, region: float, preset: dict):
-    """CAM shape features and overlay PNGs; drops the pixels; the fixed output schema."""
+def _finish(table, output: str, overlays: bool, region: float, preset: dict, cam_size: int):
+    """Maps back to the original geometry, their shape features and cam_in_field, overlay PNGs;
+    drops the pixels; the fixed output schema."""
     import pyarrow as pa
 
+    from thyro.geometry import Geometry, model_map_to_crop
+    from thyro.predictor import cam_in_field
     from thyro.scoring import CAM_FEATURES, cam_features, overlay_png
     from thyro.transforms import Preset
 
     p = Preset.from_dict(preset)
     batch = table.to_pydict()
     n = table.num_rows
-    feats = {f"cam_{k}": [None] * n for k in CAM_FEATURES}
-    batch["overlay_uri"] = [None] * n
+    extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], "cam_in_field", "cam_height",
+                                     "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
+                                     "field_source", "overlay_uri")}
     pngs = {}
     for i in range(n):
         if batch["status"][i] != "ok":
             continue
         c = batch["cam_size"][i]
-        cam = np.frombuffer(batch["cam"][i], np.float16).reshape(c, c)
+        g = Geometry.from_dict(json.loads(batch["geometry"][i]))
+        cam_model = np.frombuffer(batch["cam"][i], np.float16).reshape(c, c).astype(np.float32)
+        field = np.unpackbits(np.frombuffer(batch["field_model"][i], np.uint8))[:g.size * g.size]
+        extra["cam_in_field"][i] = cam_in_field(cam_model, field.reshape(g.size, g.size).astype(bool))
+        cam = model_map_to_crop(cam_model, g, cam_size)
+        batch["cam"][i] = cam.astype(np.float16).tobytes()
+        extra["cam_height"][i], extra["cam_width"][i] = cam.shape
         for k, v in cam_features(cam, region).items():
-            feats[k][i] = v
+            extra[k][i] = v
+        for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
+            extra[k][i] = v
+        extra["field_source"][i] = g.field_source
         if overlays:
             uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.png")
             img = np.frombuffer(batch["pixels"][i], np.float32).reshape(3, p.image_size, p.image_size)
-            pngs[uri] = overlay_png(img, cam, p)
-            batch["overlay_uri"][i] = uri
+            pngs[uri] = overlay_png(img, cam, p, g)
+            extra["overlay_uri"][i] = uri
     # Overlays land before their rows: a row never points at a missing file.
     storage.write_many(pngs)
-    batch.update(feats)
+    batch.update(extra)
     schema = output_schema()
     return pa.table({f.name: pa.array([_py(v) for v in batch[f.name]], type=f.type) for f in schema}, schema=schema)
 
@@ -255,8 +275,8 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         skip = ray.get(done_ref)
         out = []
         for u, data, err in zip(*(items.column(c).to_pylist() for c in ("input_uri", "data", "error"))):
-            for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt):
-                if _score_key(r["input_uri"], r["sha256"], r["frame"]) in skip:
+            for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt, s.skip_extensions):
+                if _score_key(r["input_uri"], r["sha256"], r["frame"], r["pane"]) in skip:
                     continue
                 px = r.pop("pixels")
                 r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
@@ -265,10 +285,10 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
 
     pred_dir = storage.join(output, PRED_DIR)
     fs, pred_path = storage.pyarrow_filesystem(pred_dir)
-    counts = {"discovered": 0, "ok": 0, "error": 0, "previously_scored": len(done)}
+    counts = {"discovered": 0, "ok": 0, "error": 0, "skipped": 0, "previously_scored": len(done)}
     actor_args = {"run": model, "cfg_dict": config_to_dict(cfg)}
     finish_args = {"output": output, "overlays": s.overlays, "region": cfg.cam.region_threshold,
-                   "preset": preset.to_dict()}
+                   "preset": preset.to_dict(), "cam_size": s.cam_size}
 
     # Decoding a frame takes memory a GPU actor's node should not have to find
     # at once; the differing request is also what keeps Ray Data from fusing

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -84,17 +85,20 @@ def calibration_figure(trials: pd.DataFrame, out: str) -> str:
     return _save(fig, out, "calibration.png")
 
 
-def cam_grid_figure(run: str, manifest: pd.DataFrame, per_class: int, out: str) -> str | None:
+def cam_grid_figure(run: str, manifest: pd.DataFrame, per_class: int, out: str, frame: str = "middle") -> str | None:
+    """Test images with their maps put back over the original screen (white: true nodule outline,
+    cyan: the crop the model saw)."""
     from thyro.cam_analysis import load_cams
     from thyro.decode import read_image
+    from thyro.geometry import Geometry, crop_map_to_original, model_map_to_crop
 
     if not storage.exists(storage.join(run, "cams.npz")):
         return None
     plt = _plt()
-    ids, cams = load_cams(run)
+    ids, cams, geoms = load_cams(run)
     m = manifest.set_index("image_id")
     preds = checkpoint.load_predictions(run).set_index("image_id")
-    fig, axes = plt.subplots(2, per_class, figsize=(2.0 * per_class, 4.4), squeeze=False)
+    fig, axes = plt.subplots(2, per_class, figsize=(2.4 * per_class, 4.8), squeeze=False)
     for row, label in enumerate((0, 1)):
         chosen = [k for k, i in enumerate(ids) if m.loc[i, "label"] == label][:per_class]
         for col in range(per_class):
@@ -103,31 +107,75 @@ def cam_grid_figure(run: str, manifest: pd.DataFrame, per_class: int, out: str) 
             if col >= len(chosen):
                 continue
             k = chosen[col]
-            img = read_image(m.loc[ids[k], "path"])[:, :, 0]
-            h, w = img.shape
+            img = read_image(m.loc[ids[k], "path"], frame=frame)[:, :, 0]
             ax.imshow(img, cmap="gray")
-            ax.imshow(cams[k].astype(np.float32), cmap="jet", alpha=0.4, extent=(0, w, h, 0))
+            if geoms:
+                g = Geometry.from_dict(geoms[k])
+                full = crop_map_to_original(model_map_to_crop(cams[k].astype(np.float32), g), g)
+                y0, x0, y1, x1 = g.box
+                ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="c", lw=0.6)
+            else:
+                full = cams[k].astype(np.float32)
+            h, w = img.shape
+            ax.imshow(np.ma.masked_less_equal(full, 0.02), cmap="jet", alpha=0.4, extent=(0, w, h, 0), vmin=0, vmax=1)
             if isinstance(m.loc[ids[k]].get("mask_path"), str):
                 from PIL import Image
                 mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(m.loc[ids[k], "mask_path"]))))
                 ax.contour(mask > 127, levels=[0.5], colors="w", linewidths=0.6)
             ax.set_title(f"{'malignant' if label else 'benign'}  p={preds.loc[ids[k], 'prob_malignant']:.2f}",
                          fontsize=7)
-    fig.suptitle("Grad-CAM on test images (white: true nodule outline, where known)", fontsize=9)
+    fig.suptitle("Grad-CAM (malignant log-odds) on test images, over the original screen "
+                 "(white: true nodule outline, where known; cyan: the crop the model saw)", fontsize=8)
     return _save(fig, out, "cam_grid.png")
 
 
-def shape_analysis(trials: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Per-image CAM features averaged over the splits in which the image was a test
-    image (one observation per image, so overlapping splits do not inflate n)."""
-    runs = trials.loc[trials["model"] == reference, "run"]
-    frames = [pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(r, "cam_features.csv"))))
-              for r in runs if storage.exists(storage.join(r, "cam_features.csv"))]
-    if not frames:
+def _cam_features(trials: pd.DataFrame, model: str) -> pd.DataFrame:
+    runs = trials.loc[trials["model"] == model, ["run", "split"]]
+    frames = [pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(r, "cam_features.csv")))).assign(split=s)
+              for r, s in runs.itertuples(index=False) if storage.exists(storage.join(r, "cam_features.csv"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def shape_analysis(trials: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """Per-image CAM features averaged over the splits in which the image was a test image
+    (one observation per image, so overlapping splits do not inflate n), the tests, and how
+    many all-zero maps (NaN features) were left out, per class."""
+    feats = _cam_features(trials, reference)
+    if feats.empty:
         return None
-    per_image = pd.concat(frames).groupby("image_id").mean(numeric_only=True).reset_index()
+    zero = feats.get("cam_zero", pd.Series(False, index=feats.index)).astype(bool)
+    dropped = pd.DataFrame({"class": ["benign", "malignant"],
+                            "maps": [int((feats["label"] == c).sum()) for c in (0, 1)],
+                            "all_zero_maps_left_out": [int((zero & (feats["label"] == c)).sum()) for c in (0, 1)]})
+    per_image = feats[~zero].groupby("image_id").mean(numeric_only=True).reset_index()
     per_image["label"] = per_image["label"].round().astype(int)
-    return per_image, shape.compare_groups(per_image)
+    return per_image, shape.compare_groups(per_image), dropped
+
+
+def faithfulness_table(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for model, g in trials.groupby("model", sort=False):
+        fs = [json.loads(storage.read_bytes(storage.join(r, "faithfulness.json"))) for r in g["run"]
+              if storage.exists(storage.join(r, "faithfulness.json"))]
+        fs = [f for f in fs if f.get("n_images")]
+        if fs:
+            rows.append({"model": model, "splits": len(fs), "images": int(sum(f["n_images"] for f in fs)),
+                         **{k: float(np.mean([f[k] for f in fs])) for k in
+                            ("auc_deletion", "auc_deletion_random", "deletion_ratio", "auc_insertion",
+                             "auc_insertion_random", "insertion_ratio")}})
+    return pd.DataFrame(rows)
+
+
+def cam_in_field_table(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for model in trials["model"].unique():
+        f = _cam_features(trials, model)
+        if f.empty or "cam_in_field" not in f:
+            continue
+        v = f["cam_in_field"].dropna()
+        rows.append({"model": model, "maps": len(v), "median": v.median(), "p10": v.quantile(0.1),
+                     "p90": v.quantile(0.9), "share >= 0.95": float((v >= 0.95).mean())})
+    return pd.DataFrame(rows)
 
 
 def shape_figure(per_image: pd.DataFrame, tests: pd.DataFrame, out: str) -> str:
@@ -164,32 +212,71 @@ def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFr
                               f"{int(s['n_splits'])} splits p<0.05)")
         else:
             r[f"vs {ref}"] = "reference"
-        r["ECE"] = f"{s['ece_mean']:.3f}"
-        r[f"specificity @ sens≥{cfg.eval.target_sensitivity:.2f}"] = f"{s['specificity_at_target_sensitivity_mean']:.3f}"
+        r["ECE raw → temperature-scaled"] = f"{s['ece_mean']:.3f} → {s.get('ece_calibrated_mean', float('nan')):.3f}"
+        r[f"test sens / spec at the threshold chosen for sens ≥ {cfg.eval.target_sensitivity:.2f}"] = (
+            f"{s.get('sensitivity_at_target_sensitivity_mean', float('nan')):.3f} / "
+            f"{s['specificity_at_target_sensitivity_mean']:.3f} (chosen on: {s.get('threshold_chosen_on', 'test')})")
         rows.append(r)
+    chosen = str(summary.get("threshold_chosen_on", pd.Series(["test"])).iloc[0])
+    op_text = ("The operating threshold and the temperature were fitted on patients held back from each split's "
+               f"training part ({cfg.eval.calibration_fraction:.0%} of them), never on its test set; the table shows "
+               "the sensitivity and specificity they reach on the test set." if chosen == "calibration" else
+               "No calibration slice was held back (eval.calibration_fraction = 0): the operating point is the "
+               f"fixed threshold {cfg.eval.threshold} and no temperature was fitted.")
     parts = [f"<h1>thyro experiment: {html.escape(cfg.name)}</h1>",
              f"<p class=warn><b>{html.escape(INTENDED_USE)}</b></p>",
              "<h2>Performance over splits</h2>",
-             "<p>mean ± sd [bootstrap 95% CI of the mean] over the train/test splits; each split is a "
+             "<p>mean ± sd [95% interval] over the train/test splits; each split is a "
              f"stratified {1 - cfg.split.test_size:.0%}/{cfg.split.test_size:.0%} partition grouped by patient. "
-             "Model comparisons use DeLong's test per split and the corrected resampled t-test "
-             "(Nadeau &amp; Bengio) across splits, because splits share patients.</p>",
+             "Splits share patients, so their results are correlated: the interval is the Nadeau &amp; Bengio "
+             "corrected t interval, mean ± t(J-1)·sqrt((1/J + n_test/n_train)·s²), wider than a naive bootstrap "
+             "of the split means; models are compared with DeLong's test per split and the corrected resampled "
+             "t-test across splits. Accuracy, recall, precision, F1 and specificity are at the study's threshold "
+             f"{cfg.eval.threshold} on the uncalibrated probability. {html.escape(op_text)}</p>",
              pd.DataFrame(rows).to_html(index=False, border=0, classes="t", escape=True),
              f'<img src="data:image/png;base64,{roc_figure(trials, out)}">',
              f'<img src="data:image/png;base64,{calibration_figure(trials, out)}">']
     first = trials.loc[trials["model"] == ref].sort_values("split")
     if len(first):
-        grid = cam_grid_figure(first["run"].iloc[0], manifest, cfg.experiment.cam_grid_per_class, out)
+        grid = cam_grid_figure(first["run"].iloc[0], manifest, cfg.experiment.cam_grid_per_class, out,
+                               frame=cfg.preprocess.frame or "middle")
         if grid:
             parts += ["<h2>Grad-CAM examples</h2>", f'<img src="data:image/png;base64,{grid}">']
+        layer = checkpoint.load_card(first["run"].iloc[0])["model"].get("cam_layer")
+        target = {"malignant": "the malignant log-odds (z1 − z0) for every image",
+                  "benign": "the benign log-odds (z0 − z1) for every image",
+                  "predicted": "the predicted class's log-odds"}[cfg.cam.target]
+        parts += [f"<p>Maps explain {target} at layer <code>{html.escape(str(layer))}</code>, whose grid at "
+                  f"{cfg.preprocess.image_size or 'the native'} px input is coarse (ResNet18's last block: 1/32 of "
+                  "the input side); they are upsampled bilinearly and put back over the original screen, so region "
+                  "shapes measured on them mostly reflect that interpolation. <code>cam.layer: layer3</code> "
+                  "gives maps twice as fine.</p>"]
+    cif = cam_in_field_table(trials)
+    if len(cif):
+        parts += ["<h2>Does the map look at the anatomy? cam_in_field</h2>",
+                  "<p>Share of each map's mass inside the scan field (the phantom's true field where known, "
+                  "else the detected one); mass on borders, text, scales or letterbox padding counts as outside.</p>",
+                  _table(cif)]
+    ft = faithfulness_table(trials)
+    if len(ft):
+        storage.write_bytes(storage.join(out, "cam_faithfulness.csv"), ft.to_csv(index=False).encode())
+        parts += ["<h2>Is the map faithful? Deletion and insertion (RISE)</h2>",
+                  "<p>Pixels replaced by the image's mean grey in the map's order (deletion: area under the "
+                  "explained class's probability, lower is better) or put back in that order (insertion: higher "
+                  "is better), against a random order. deletion_ratio &lt; 1 and insertion_ratio &gt; 1 mean the "
+                  f"map ranks pixels by what the model uses. Up to {cfg.cam.faithfulness_images} test images per "
+                  "split; all-zero maps left out.</p>", _table(ft)]
     sa = shape_analysis(trials, ref)
     if sa is not None:
-        per_image, tests = sa
+        per_image, tests, dropped = sa
         storage.write_bytes(storage.join(out, "cam_shape_tests.csv"), tests.to_csv(index=False).encode())
         parts += ["<h2>Does the highlighted region's shape differ between benign and malignant?</h2>",
                   f"<p>{len(per_image)} test images (features averaged over the splits where each was a test image); "
                   "two-sided Mann-Whitney U per feature, rank-biserial effect size (positive: larger in malignant), "
-                  "Holm-corrected across features.</p>",
+                  "Holm-corrected across features. Shapes are measured in the original image's geometry: "
+                  "height_width &gt; 1 is taller-than-wide; orientation_axial is cos 2θ of the major axis (+1 "
+                  "vertical, −1 horizontal). An all-zero map (nothing raises the malignant log-odds) has no region; "
+                  "those maps are left out, per class:</p>", _table(dropped),
                   _table(tests.drop(columns=["U"], errors="ignore"), "{:.3g}"),
                   f'<img src="data:image/png;base64,{shape_figure(per_image, tests, out)}">']
         if "energy_inside" in per_image:
@@ -203,7 +290,9 @@ def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFr
               f"<p>{len(manifest)} images ({len(manifest) - n_mal} benign, {n_mal} malignant) from "
               f"{manifest['patient_id'].nunique()} patients.</p>",
               "<h2>Per-trial results</h2>",
-              _table(trials[["model", "split", *SHOWN, "ece", "n_train", "n_test"]]),
+              _table(trials[["model", "split", *SHOWN, "ece", *[c for c in ("ece_calibrated",
+                     "sensitivity_at_target_sensitivity", "specificity_at_target_sensitivity") if c in trials],
+                     "n_train", "n_test"]]),
               "<h2>Configuration</h2>", f"<pre>{html.escape(config_to_yaml(cfg))}</pre>",
               "<h2>Software</h2>", f"<pre>{html.escape(str(package_versions()))}</pre>"]
     style = ("<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"

@@ -9,33 +9,57 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 
 import numpy as np
 
 from thyro import shape
-from thyro.decode import DecodeError, decode_frames
+from thyro.config import SIDE_FILE_EXTENSIONS
+from thyro.decode import DecodeError
 from thyro.sources import Item, read_item
-from thyro.transforms import Preset, eval_transform
+from thyro.transforms import Preset, eval_tensor
 
 CAM_FEATURES = shape.FEATURES
 
 
-def row_id(input_uri: str, frame: int, salt: str = "") -> str:
+def row_id(input_uri: str, frame: int, salt: str = "", pane: int = 0) -> str:
     """A stable id that carries nothing readable from the path (which can hold names)."""
-    return hashlib.sha256(f"{salt}{input_uri}#{frame}".encode()).hexdigest()[:24]
+    key = f"{salt}{input_uri}#{frame}" + (f"#{pane}" if pane else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def _error_row(input_uri: str, frame: int, error: str, sha: str | None = None, **extra) -> dict:
-    return {"input_uri": input_uri, "frame": frame, "sha256": sha, "status": "error", "error": error,
-            "pixels": None, "width": None, "height": None, **extra}
+def _status_row(input_uri: str, frame: int, status: str, error: str, sha: str | None = None) -> dict:
+    return {"input_uri": input_uri, "frame": frame, "pane": 0, "sha256": sha, "status": status, "error": error,
+            "pixels": None, "width": None, "height": None, "geometry": None, "field_model": None}
 
 
-def prepare(item: Item, preset: Preset, frames: str = "first", salt: str = "") -> list[dict]:
-    """Read and decode an item, preprocess each frame; errors become rows."""
+def _error_row(input_uri: str, frame: int, error: str, sha: str | None = None) -> dict:
+    return _status_row(input_uri, frame, "error", error, sha)
+
+
+def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
+    name = input_uri.rsplit("/", 1)[-1].rsplit("!", 1)[-1].lower()
+    return "." in name and name.endswith(tuple(extensions))
+
+
+def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "",
+            skip_extensions=SIDE_FILE_EXTENSIONS) -> list[dict]:
+    """Read and decode an item, crop each frame as the preset says, preprocess; errors become rows.
+
+    One row per frame (and per pane with panes: each). `frames` None: the preset's frame, the one
+    the model trained on. A DICOMDIR, a non-image DICOM (SR, RT, presentation state) or a side file
+    (`skip_extensions`) is a `skipped` row, counted apart from errors.
+    """
+    from thyro.decode import NotAnImageError, decode_image
+    from thyro.preprocess import crop_field
+    from thyro.predictor import field_mask_on_input
+
     t0 = time.perf_counter()
     if item.error:
         rows = [_error_row(item.input_uri, 0, item.error)]
+    elif skip_extensions and side_file(item.input_uri, skip_extensions):
+        rows = [_status_row(item.input_uri, 0, "skipped", "not an image: side file (score.skip_extensions)")]
     else:
         try:
             data = read_item(item)
@@ -44,19 +68,25 @@ def prepare(item: Item, preset: Preset, frames: str = "first", salt: str = "") -
         else:
             sha = hashlib.sha256(data).hexdigest()
             try:
-                decoded = decode_frames(data, item.input_uri, frames)
+                decoded = decode_image(data, item.input_uri, frames or preset.frame)
+                rows = []
+                for i, img in decoded.frames:
+                    for c in crop_field(img, preset, decoded.regions):
+                        field = np.packbits(field_mask_on_input(c, preset, img))
+                        rows.append({"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                                     "status": "ok", "error": None, "pixels": eval_tensor(c.image, preset).numpy(),
+                                     "height": int(img.shape[0]), "width": int(img.shape[1]),
+                                     "geometry": json.dumps(c.geometry(preset).to_dict()),
+                                     "field_model": field.tobytes()})
+            except NotAnImageError as e:
+                rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
                 rows = [_error_row(item.input_uri, 0, e.problem, sha)]
             except Exception as e:  # a decoder bug must not stop the archive
                 rows = [_error_row(item.input_uri, 0, f"cannot decode: {type(e).__name__}", sha)]
-            else:
-                t = eval_transform(preset)
-                rows = [{"input_uri": item.input_uri, "frame": int(i), "sha256": sha, "status": "ok", "error": None,
-                         "pixels": t(img).numpy(), "height": int(img.shape[0]), "width": int(img.shape[1])}
-                        for i, img in decoded]
     ms = (time.perf_counter() - t0) * 1000 / max(len(rows), 1)
     for r in rows:
-        r["row_id"] = row_id(r["input_uri"], r["frame"], salt)
+        r["row_id"] = row_id(r["input_uri"], r["frame"], salt, r["pane"])
         r["decode_ms"] = ms
     return rows
 
@@ -74,16 +104,24 @@ def _jet_lut() -> np.ndarray:
 JET = _jet_lut()
 
 
-def overlay_png(pixels: np.ndarray, cam: np.ndarray, preset: Preset, alpha: float = 0.45) -> bytes:
-    """The preprocessed image (denormalised) with the CAM as a jet heatmap."""
+def overlay_png(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=None, alpha: float = 0.45) -> bytes:
+    """What the model saw (denormalised; the field crop, in its true aspect ratio, without the
+    letterbox padding) with the map over it as a jet heatmap. Nothing outside the crop is drawn:
+    a preset that crops to the field leaves the screen's text (names, IDs, dates) out."""
     from PIL import Image
 
+    from thyro.geometry import model_map_to_crop
+
     img = pixels.transpose(1, 2, 0) * np.asarray(preset.std, np.float32) + np.asarray(preset.mean, np.float32)
+    img = np.clip(img, 0, 1)
+    if geometry is not None:
+        chans = [model_map_to_crop(img[:, :, k], geometry, max_side=preset.image_size) for k in range(3)]
+        img = np.clip(np.stack(chans, -1), 0, 1)
     size = img.shape[:2]
     heat = Image.fromarray(np.clip(cam.astype(np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)).resize(
         size[::-1], Image.BILINEAR)
     rgb = JET[np.asarray(heat)].astype(np.float32) / 255
-    out = (1 - alpha) * np.clip(img, 0, 1) + alpha * rgb
+    out = (1 - alpha) * img + alpha * rgb
     buf = io.BytesIO()
     # compress_level 1: a third of the encode time of the default for ~10% more bytes.
     Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(buf, "PNG", compress_level=1)

@@ -16,14 +16,22 @@ import pandas as pd
 from scipy import stats
 from skimage import measure
 
-FEATURES = ("area", "perimeter", "circularity", "eccentricity", "solidity", "aspect_ratio", "orientation")
+FEATURES = ("area", "perimeter", "circularity", "eccentricity", "solidity", "height_width", "orientation_axial")
 
 
 def region_features(cam: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Features of the largest region where cam >= threshold * max (cam in [0, 1]).
 
+    The map must be in the original image's geometry (`thyro.geometry`), not the
+    model's squashed or letterboxed square, or heights and widths are distorted.
     `area` and `perimeter` are relative to the map's size (fraction of pixels,
-    fraction of the map's side), so maps of different resolutions compare.
+    fraction of sqrt(map area)), so maps of different resolutions compare.
+    `height_width` is the region's vertical over horizontal extent: > 1 is
+    TI-RADS's "taller-than-wide". `orientation_axial` is cos(2 theta) of the
+    major axis' angle theta to the vertical: +1 vertical, -1 horizontal, 0
+    diagonal; an axis has no direction, so +-3 degrees from horizontal agree
+    (the raw angle jumps from +87 to -87 there, and its mean reads "vertical").
+    An all-zero map (nothing explains the target) gives NaN for every feature.
     """
     cam = np.asarray(cam, dtype=np.float32)
     peak = float(cam.max()) if cam.size else 0.0
@@ -34,15 +42,15 @@ def region_features(cam: np.ndarray, threshold: float = 0.5) -> dict[str, float]
     r = max(props, key=lambda p: p.area)
     side = math.sqrt(cam.shape[0] * cam.shape[1])
     perim = float(r.perimeter)
-    minor = float(r.axis_minor_length)
+    y0, x0, y1, x1 = r.bbox
     return {
         "area": float(r.area) / cam.size,
         "perimeter": perim / side,
         "circularity": float(min(4 * math.pi * r.area / perim ** 2, 1.0)) if perim > 0 else 1.0,
         "eccentricity": float(r.eccentricity),
         "solidity": float(r.solidity),
-        "aspect_ratio": float(r.axis_major_length) / minor if minor > 0 else float("nan"),
-        "orientation": float(np.degrees(r.orientation)),
+        "height_width": (y1 - y0) / (x1 - x0),
+        "orientation_axial": float(math.cos(2 * r.orientation)),
     }
 
 

@@ -32,8 +32,12 @@ def collect_trials(out: str, models: list[str], splits: list[int], run_dir: Call
             card = checkpoint.load_card(rd)
             t = m["at_target_sensitivity"]
             rows.append({"model": model, "split": s, **{k: m[k] for k in METRICS}, "ece": m["ece"],
+                         "ece_calibrated": m.get("ece_calibrated", float("nan")),
                          "threshold_at_target_sensitivity": t["threshold"],
+                         # measured on the test set at a threshold chosen on the calibration slice
+                         "sensitivity_at_target_sensitivity": t.get("sensitivity", float("nan")),
                          "specificity_at_target_sensitivity": t["specificity"],
+                         "threshold_chosen_on": t.get("chosen_on", "test"),
                          "n_train": card["split"]["n_train"], "n_test": card["split"]["n_test"],
                          "run": rd, "model_id": card.get("model_id")})
     return pd.DataFrame(rows)
@@ -84,6 +88,9 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
         row["ece_mean"] = float(g["ece"].mean())
         row["threshold_at_target_sensitivity_mean"] = float(g["threshold_at_target_sensitivity"].mean())
         row["specificity_at_target_sensitivity_mean"] = float(g["specificity_at_target_sensitivity"].mean())
+        row["sensitivity_at_target_sensitivity_mean"] = float(g["sensitivity_at_target_sensitivity"].mean())
+        row["ece_calibrated_mean"] = float(g["ece_calibrated"].mean())
+        row["threshold_chosen_on"] = str(g["threshold_chosen_on"].iloc[0])
         if model != ref and len(dl):
             d = dl[dl["model"] == model]
             row["delong_p_median"] = float(d["p"].median())
