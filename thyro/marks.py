@@ -35,7 +35,8 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     seeded[labels[bright & (contrast >= STRONG_CONTRAST)]] = True
     seeded[0] = False
     stroke = seeded[labels]
-    chroma = cv2.subtract(img.max(axis=2), img.min(axis=2)) >= CHROMA
+    r, g, b = cv2.split(img)
+    chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)) >= CHROMA
     marks = (stroke | chroma).astype(np.uint8)
     # Where strokes cross (the centre of a "+") the median is bright too; closing the
     # gap and a one-pixel dilation also take the anti-aliased edges.
@@ -61,6 +62,15 @@ def suppress_marks(img: np.ndarray, field_mask: np.ndarray | None = None) -> tup
         marks &= field_mask
     if not marks.any():
         return img.copy(), marks
-    cleaned = cv2.inpaint(img, marks.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
-    # cv2.inpaint leaves unmasked pixels as they were; this makes the promise explicit.
-    return np.where(marks[..., None], cleaned, img), marks
+    # Inpaint only the marks' bounding box (plus the radius it reads from): marks cluster
+    # around the nodule, and Telea's cost grows with the area it is given.
+    ys, xs = np.nonzero(marks)
+    pad = INPAINT_RADIUS + 2
+    y0, y1 = max(0, ys.min() - pad), min(img.shape[0], ys.max() + 1 + pad)
+    x0, x1 = max(0, xs.min() - pad), min(img.shape[1], xs.max() + 1 + pad)
+    crop = marks[y0:y1, x0:x1]
+    painted = cv2.inpaint(img[y0:y1, x0:x1], crop.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
+    cleaned = img.copy()
+    # cv2.inpaint leaves unmasked pixels as they were; copying only masked ones makes the promise explicit.
+    cleaned[y0:y1, x0:x1][crop] = painted[crop]
+    return cleaned, marks
