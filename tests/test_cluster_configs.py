@@ -116,3 +116,112 @@ def test_gpu_configs_pack_trials_and_put_scoring_on_gpus():
     assert paper.ray.use_gpu and 0 < paper.ray.gpus_per_worker < 1  # several trials share one GPU
     score = load_config(REPO / "configs" / "score-gpu.yaml").score
     assert score.gpus_per_actor > 0 and score.device == "cuda" and score.precision == "bf16"
+
+
+# --- token auth and closed ports (ShadowRay, CVE-2023-48022) -------------------------
+
+def _ray_containers(doc: dict) -> list[tuple[str, dict]]:
+    """(where, container) for every Ray pod of a RayCluster / RayJob, and a RayJob's submitter."""
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    templates = [("head", spec["headGroupSpec"]["template"])]
+    templates += [(g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]]
+    if doc["kind"] == "RayJob":
+        assert "submitterPodTemplate" in doc["spec"], "the RayJob submitter needs the token too"
+        templates.append(("submitter", doc["spec"]["submitterPodTemplate"]))
+    return [(w, c) for w, t in templates for c in _containers(t)]
+
+
+def kuberay_auth_problems(doc: dict) -> list[str]:
+    problems = []
+    for where, c in _ray_containers(doc):
+        env = {e["name"]: e for e in c.get("env", [])}
+        if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
+            problems.append(f"{where}: no RAY_AUTH_MODE=token")
+        tok = env.get("RAY_AUTH_TOKEN", {})
+        if "value" in tok or "secretKeyRef" not in tok.get("valueFrom", {}):
+            problems.append(f"{where}: RAY_AUTH_TOKEN must come from a Secret (valueFrom.secretKeyRef)")
+    return problems
+
+
+def launcher_auth_problems(cfg: dict) -> list[str]:
+    problems = []
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for cmd in cfg[key]:
+            if "ray start" in cmd and "RAY_AUTH_MODE=token" not in cmd:
+                problems.append(f"{key}: `{cmd}` starts Ray without RAY_AUTH_MODE=token")
+    if "~/.ray/auth_token" not in cfg.get("file_mounts", {}):
+        problems.append("file_mounts: no ~/.ray/auth_token for the nodes")
+    return problems
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
+def test_every_ray_pod_runs_with_token_auth(path):
+    doc = yaml.safe_load(path.read_text())
+    assert kuberay_auth_problems(doc) == []
+    head = (doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"])["headGroupSpec"]
+    assert "serviceType" not in head, f"{path.name}: the head stays a ClusterIP Service (port-forward to reach it)"
+
+
+def test_launcher_starts_every_node_with_token_auth():
+    assert launcher_auth_problems(_launcher()) == []
+
+
+def test_auth_checks_catch_a_cluster_without_token():
+    """The checks above fail on what they guard against: token auth dropped, token inlined."""
+    doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    head = doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["env"] = [{"name": "RAY_AUTH_TOKEN", "value": "x"}]
+    assert kuberay_auth_problems(doc) == ["head: no RAY_AUTH_MODE=token",
+                                          "head: RAY_AUTH_TOKEN must come from a Secret (valueFrom.secretKeyRef)"]
+    cfg = _launcher()
+    cfg["head_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "") for c in cfg["head_start_ray_commands"]]
+    assert len(launcher_auth_problems(cfg)) == 1
+
+
+def test_dashboard_on_all_interfaces_only_with_token_auth():
+    for path in KUBERAY:
+        doc = yaml.safe_load(path.read_text())
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        if spec["headGroupSpec"]["rayStartParams"].get("dashboard-host") == "0.0.0.0":
+            assert not [p for p in kuberay_auth_problems(doc) if p.startswith("head")], path.name
+    for cmd in _launcher()["head_start_ray_commands"]:
+        if "--dashboard-host=0.0.0.0" in cmd:
+            assert "RAY_AUTH_MODE=token" in cmd
+    docker = (REPO / "cluster" / "Dockerfile").read_text()
+    assert re.search(r"^ENV RAY_AUTH_MODE=token$", docker, re.M)  # any Ray started in the image
+
+
+def test_no_token_literal_in_cluster_files():
+    literal = re.compile(r"\b[0-9a-f]{32,}\b"                                  # a generated token
+                         r"|RAY_AUTH_TOKEN\s*[=:]\s*[\"']?[A-Za-z0-9]"         # RAY_AUTH_TOKEN=abc / : abc
+                         r"|auth_token\s*=\s*[\"']?[A-Za-z0-9]", re.I)         # --from-literal=auth_token=abc
+    files = [f for f in (REPO / "cluster").rglob("*") if f.is_file()]
+    for f in files:
+        assert not literal.search(f.read_text()), f"{f}: looks like an auth token"
+    assert literal.search("--from-literal=auth_token=" + "ab12" * 8) and literal.search("RAY_AUTH_TOKEN: s3cr3t")
+    for f in files:
+        if f.suffix == ".yaml":
+            for doc in yaml.safe_load_all(f.read_text()):
+                for _, c in (_ray_containers(doc) if doc.get("kind") in {"RayCluster", "RayJob"} else []):
+                    assert all("value" not in e for e in c.get("env", []) if e["name"] == "RAY_AUTH_TOKEN")
+
+
+def test_networkpolicy_admits_only_ray_pods_submitters_and_the_operator():
+    doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "networkpolicy.yaml").read_text())
+    assert doc["apiVersion"] == "networking.k8s.io/v1" and doc["kind"] == "NetworkPolicy"
+    spec = doc["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    assert {"key": "ray.io/cluster", "operator": "Exists"} in spec["podSelector"]["matchExpressions"]
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits everyone"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer and peer.get("podSelector"), f"peer {peer} is not a pod selector"
+    open_to_non_ray = [r for r in spec["ingress"]
+                       if not all(p.get("podSelector", {}).get("matchExpressions") == [
+                           {"key": "ray.io/cluster", "operator": "Exists"}] and "namespaceSelector" not in p
+                                  for p in r["from"])]
+    assert all([p.get("port") for p in r.get("ports", [])] == [8265] for r in open_to_non_ray)
+    submitter_labels = {k: v for p in KUBERAY if "rayjob" in p.name
+                        for k, v in yaml.safe_load(p.read_text())["spec"]["submitterPodTemplate"]["metadata"]["labels"].items()}
+    admitted = [p["podSelector"].get("matchLabels", {}) for r in open_to_non_ray for p in r["from"]]
+    assert submitter_labels.items() <= {k: v for m in admitted for k, v in m.items()}.items()

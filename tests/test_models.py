@@ -18,18 +18,29 @@ def test_inception_aux_logits_in_training():
     assert out.logits.shape == out.aux_logits.shape == (2, 2)
 
 
-def test_imagenet_weights_missing_is_a_clear_error_not_a_download(tmp_path, monkeypatch):
+def test_imagenet_weights_missing_offline_is_a_clear_error_not_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match="not in the local torch cache"):
+    monkeypatch.setenv("THYRO_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="not in the local torch cache and downloads are off"):
         build_model("resnet18", weights="imagenet")
 
 
 def test_imagenet_weights_from_local_cache(tmp_path, monkeypatch):
+    import hashlib
+
+    from thyro import weights
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("THYRO_OFFLINE", "1")  # found in the cache: nothing to fetch
     from torchvision.models import resnet18
     ref = resnet18(weights=None)  # stands in for the ImageNet file: 1000-class head
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(ref.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    path = tmp_path / "hub" / "checkpoints" / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    # torchvision's file name carries its sha256 prefix; name this one after its own
+    name = f"resnet18-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+    path.rename(path.with_name(name))
+    monkeypatch.setattr(weights, "imagenet_url", lambda n: f"https://download.pytorch.org/models/{name}")
     model = build_model("resnet18", weights="imagenet")
     assert torch.equal(model.conv1.weight, ref.conv1.weight)
     assert model.fc.out_features == 2

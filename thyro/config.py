@@ -87,9 +87,13 @@ class PreprocessConfig(_Section):
 
 class ModelConfig(_Section):
     name: Literal["resnet18", "alexnet", "vgg16", "inception_v3"] = "resnet18"
-    # null: random init; "imagenet": torchvision weights from the local torch
-    # cache (never downloaded); otherwise a path or fsspec URI to a state_dict.
+    # null: random init; "imagenet": torchvision's weights, from the torch hub
+    # cache or downloaded once (hash-checked); a folder ending in "/" holding
+    # torchvision's files; otherwise a path or fsspec URI to a state_dict.
     weights: Optional[str] = None
+    # Never download weights (as THYRO_OFFLINE=1 does): a missing "imagenet"
+    # file fails before any Ray work, saying which file to put where.
+    offline: bool = False
 
 
 class TrainConfig(_Section):

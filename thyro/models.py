@@ -1,16 +1,16 @@
 """Classifiers built by name, each with a 2-class head and its Grad-CAM layer.
 
-Weights never download at run time. `weights` is one of:
+`weights` is one of (thyro.weights finds, fetches and verifies them):
 - None: random init;
-- "imagenet": torchvision's ImageNet weights, only if already in the local
-  torch hub cache (else a clear error saying where to put the file);
+- "imagenet": torchvision's ImageNet weights from the torch hub cache, or
+  downloaded there with their hash checked unless THYRO_OFFLINE=1;
+- a folder (ending in "/") of torchvision's files, as a Ray job's driver
+  leaves in <out>/weights/ for its workers;
 - a local path or fsspec URI of a state_dict (loaded with weights_only=True).
 """
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,9 +18,8 @@ import torch
 import torch.nn as nn
 from torchvision import models as tvm
 
-
-class WeightsError(ValueError):
-    """Weights could not be found or do not fit the model."""
+from thyro import weights as _weights
+from thyro.weights import WeightsError
 
 
 class Float32Linear(nn.Linear):
@@ -77,32 +76,11 @@ def _replace_heads(model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
 
 
 def imagenet_state_dict(name: str) -> dict:
-    """torchvision's ImageNet weights from the local hub cache; never downloads."""
-    w = SPECS[name].imagenet
-    fname = os.path.basename(w.url)
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
-    if not os.path.isfile(path):
-        raise WeightsError(
-            f"ImageNet weights for {name} are not in the local torch cache ({path}). "
-            f"thyro never downloads at run time: copy {fname} there, or set model.weights "
-            "to a local path or URI of a state_dict.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """torchvision's ImageNet weights: cached, else downloaded and verified where allowed."""
+    return _weights.imagenet_state_dict(name)
 
 
-def read_state_dict(uri: str) -> dict:
-    from thyro.storage import read_bytes
-
-    try:
-        buf = io.BytesIO(read_bytes(uri))
-    except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {uri}") from None
-    try:
-        sd = torch.load(buf, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{uri}: not a loadable state_dict ({type(e).__name__}: {e})") from None
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{uri}: expected a state_dict (dict of tensors), got {type(sd).__name__}")
-    return sd
+read_state_dict = _weights.read_state_dict
 
 
 def _load_backbone(model: nn.Module, sd: dict, source: str) -> list[str]:
@@ -130,9 +108,9 @@ def build_model(name: str, weights: str | None = None, num_classes: int = 2,
     model = spec.build()
     _replace_heads(model, spec, num_classes)
     if weights:
-        sd = imagenet_state_dict(name) if weights == "imagenet" else read_state_dict(weights)
+        sd = _weights.state_dict(name, weights)
         _load_backbone(model, sd, weights)
-        if weights == "imagenet" and name == "inception_v3" and transform_input is None:
+        if _weights.is_imagenet(weights) and name == "inception_v3" and transform_input is None:
             transform_input = True  # torchvision's Inception weights expect it
     if name == "inception_v3" and transform_input is not None:
         model.transform_input = bool(transform_input)

@@ -48,9 +48,14 @@ class JobPaths:
 
 
 def job_setup(cfg: Config, out: str, log: Callable[[str], None]) -> JobPaths:
-    """What every Ray job does first: connect, resolve the output, write the inputs once."""
+    """What every Ray job does first: fetch weights once, connect, resolve the output, write the inputs once."""
     from thyro.inputs import prepare_inputs
+    from thyro.weights import resolve_weights
 
+    before = cfg.model.weights
+    resolve_weights(cfg, storage.absolute(out))  # before Ray: a missing file fails here, not in a worker
+    if cfg.model.weights != before:
+        log(f"weights: torchvision's ImageNet files, read by the workers from {cfg.model.weights}")
     init_ray(cfg)
     out = storage.absolute(out)
     m_uri, s_uri = prepare_inputs(cfg, out, log)
