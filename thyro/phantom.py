@@ -22,6 +22,7 @@ Grad-CAM localisation can be measured.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -29,8 +30,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from thyro import screen
+
 # Bump when the rendering changes, so cached phantoms are regenerated.
-VERSION = 5
+VERSION = 6
 
 # Feature tables: (benign, malignant) probabilities over each feature's values.
 FEATURES: dict[str, tuple[list[str], list[float], list[float]]] = {
@@ -245,6 +248,35 @@ def render(rng: np.random.Generator, S: int, label: int, n: Nodule,
                                    "calipers": int(calipers), "category_text": "", "scanner": "THYRO-US"}
 
 
+def render_screen(rng: np.random.Generator, S: int, label: int, n: Nodule, anatomy_seed: int,
+                  preset: screen.Preset, shortcuts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The scanner layout: (uint8 RGB screen S x W, bool nodule mask, bool field mask, screen facts)."""
+    lay = screen.plan(rng, S, preset, dual=rng.random() < screen.DUAL_RATE)
+    canvas = np.zeros((lay.H, lay.W), np.float32)
+    nodule, fields = np.zeros((lay.H, lay.W), bool), np.zeros((lay.H, lay.W), bool)
+    second_gain = rng.random() < 0.5  # dual screens: same view at two gains, or TRV + a second view
+    first = None
+    for i, pane in enumerate(lay.panes):
+        h, w = pane.tissue_shape
+        if i == 0 or not second_gain:
+            # S/0.86: the anatomy keeps the simple layout's proportions to the imaged depth.
+            img, mask, _ = tissue(rng, np.random.default_rng(anatomy_seed), n, (h, w), 0, h, h / 0.86)
+            if i:
+                img, mask = img[:, ::-1], mask[:, ::-1]
+        else:
+            img = np.clip(img + rng.choice([-1, 1]) * rng.uniform(0.08, 0.15), 0, 1)
+        pane_mask = screen.place(canvas, nodule, fields, pane, img, mask)
+        first = pane_mask if first is None else first
+    out = Image.fromarray((canvas * 255).astype(np.uint8), mode="L").convert("RGB")
+    calipers = rng.random() < screen.class_rate(screen.CALIPERS, label, shortcuts)
+    category = screen.category_text(rng, label, shortcuts)
+    screen.draw(out, rng, lay, first, calipers, category)
+    info = {"field_boxes": [list(p.box) for p in lay.panes], "field_kind": preset.field_kind,
+            "panes": len(lay.panes), "calipers": int(calipers), "category_text": category,
+            "scanner": preset.name}
+    return np.asarray(out), nodule, fields, info
+
+
 def _burn_in(img: Image.Image, rng: np.random.Generator, S: int, x0: int, x1: int, y0: int, y1: int) -> None:
     """Scanner overlay: text, depth scale and focus marker; independent of the class."""
     d = ImageDraw.Draw(img)
@@ -275,37 +307,58 @@ def _patients(n_benign: int, n_malignant: int, rng: np.random.Generator,
     return out
 
 
+LAYOUTS = ("simple", "scanner")
+
+
 def generate(out_dir: str | Path, n_benign: int = 415, n_malignant: int = 93, size: int = 256,
              seed: int = 0, overlap: float = 0.0, multi_image_fraction: float = 0.0,
-             max_images_per_patient: int = 3) -> Path:
-    """Write the phantom to `out_dir` (images/, masks/, manifest.csv); return the manifest path."""
+             max_images_per_patient: int = 3, layout: str = "simple", shortcuts: float = 0.0) -> Path:
+    """Write the phantom to `out_dir` (images/, masks/, fields/, manifest.csv); return the manifest path.
+
+    layout "simple": one square grey image per scan (the historical phantom);
+    "scanner": RGB screens of varying aspect with scanner overlays, whose
+    dependence on the class is `shortcuts` (0: none, 1: strong).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"phantom layout {layout!r}: expected one of {LAYOUTS}")
+    if not 0.0 <= shortcuts <= 1.0:
+        raise ValueError(f"phantom shortcuts {shortcuts}: expected a number in [0, 1]")
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "masks", "fields"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     plan = _patients(n_benign, n_malignant, np.random.default_rng([seed, 0]),
                      multi_image_fraction, max_images_per_patient)
     # Interleave classes so file order carries no label information.
     order = np.random.default_rng([seed, 1]).permutation(len(plan))
     rows = []
-    img_idx = 0
     for pnum, pi in enumerate(order):
         label, k = plan[pi]
         pid = f"P{pnum:05d}"
         prng = np.random.default_rng([seed, 2, pnum])
         nodule = sample_nodule(prng, label, overlap)
         anatomy_seed = int(prng.integers(2**31))
+        # A patient is scanned at one centre, on one scanner.
+        preset = screen.choose_preset(np.random.default_rng([seed, 4, pnum]), label, shortcuts)
         for v in range(k):
             rng = np.random.default_rng([seed, 3, pnum, v])
-            img, mask, _ = render(rng, size, label, nodule, np.random.default_rng(anatomy_seed))
+            if layout == "simple":
+                img, mask, info = render(rng, size, label, nodule, np.random.default_rng(anatomy_seed))
+                fields = np.zeros_like(mask)
+                y0, x0, y1, x1 = info["field_boxes"][0]
+                fields[y0:y1, x0:x1] = True
+            else:
+                img, mask, fields, info = render_screen(rng, size, label, nodule, anatomy_seed, preset,
+                                                           shortcuts)
             name = f"{pid}_{v}.png"
-            Image.fromarray(img, mode="L").save(out / "images" / name, optimize=False)
+            Image.fromarray(img).save(out / "images" / name, optimize=False)
             Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(out / "masks" / name)
+            Image.fromarray((fields * 255).astype(np.uint8), mode="L").save(out / "fields" / name)
             row = {"path": f"images/{name}", "label": "malignant" if label else "benign",
                    "patient_id": pid, "mask_path": f"masks/{name}"}
-            row.update({k2: v2 for k2, v2 in asdict(nodule).items()
-                        if k2 in FEATURES})
+            row.update({k2: v2 for k2, v2 in asdict(nodule).items() if k2 in FEATURES})
+            row.update(layout=layout, field_mask_path=f"fields/{name}", **info)
+            row["field_boxes"] = json.dumps(info["field_boxes"])
             rows.append(row)
-            img_idx += 1
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
