@@ -166,9 +166,28 @@ def _font(px: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=px)
 
 
+def _scaled(lay: Layout, f: int) -> Layout:
+    panes = [Pane(tuple(v * f for v in p.box), p.kind, p.tissue_shape, (p.apex[0] * f, p.apex[1] * f),
+                  p.r0 * f, p.r1 * f, p.alpha) for p in lay.panes]
+    return Layout(lay.H * f, lay.W * f, lay.preset, panes, {k: v * f for k, v in lay.margins.items()})
+
+
 def draw(out: Image.Image, rng: np.random.Generator, lay: Layout, nodule: np.ndarray,
          calipers: bool, category: str) -> None:
     """Burn the overlays into the RGB screen `out`; `nodule` is the first pane's nodule mask."""
+    # Small screens get their overlays drawn at >= 256 rows and reduced, as a
+    # downsampled real screen shows blurred text rather than a few huge glyphs.
+    f = -(-256 // lay.H)
+    if f == 1:
+        return _draw(out, rng, lay, nodule, calipers, category)
+    layer = Image.new("RGBA", (lay.W * f, lay.H * f), (0, 0, 0, 0))
+    _draw(layer, rng, _scaled(lay, f), np.kron(nodule, np.ones((f, f), bool)), calipers, category)
+    layer = layer.resize((lay.W, lay.H), Image.Resampling.BOX)
+    out.paste(Image.alpha_composite(out.convert("RGBA"), layer).convert("RGB"))
+
+
+def _draw(out: Image.Image, rng: np.random.Generator, lay: Layout, nodule: np.ndarray,
+          calipers: bool, category: str) -> None:
     d = ImageDraw.Draw(out)
     H, W, m, pre = lay.H, lay.W, lay.margins, lay.preset
     fs = max(8, int(round(H * rng.uniform(0.035, 0.05))))
@@ -204,7 +223,7 @@ def draw(out: Image.Image, rng: np.random.Generator, lay: Layout, nodule: np.nda
     bw, by0 = max(3, W // 90), m["top"] + int(rng.uniform(0, 0.1) * H)
     bh = int(H * rng.uniform(0.25, 0.4))
     ramp = np.linspace(255, 0, bh).astype(np.uint8)[:, None].repeat(bw, 1)
-    out.paste(Image.fromarray(ramp, mode="L").convert("RGB"), (W - bw - 3, by0))
+    out.paste(Image.fromarray(ramp, mode="L").convert(out.mode), (W - bw - 3, by0))
     # Body marker: neck cross-section, trachea and the probe on the skin, in a bottom corner.
     bs = max(10, H // 9)
     marker_left = rng.random() < 0.5
