@@ -17,6 +17,10 @@ smooth or wider-than-tall), so no single cue decides the class and a model
 must combine several; `overlap` mixes each class's tables further towards the
 pooled ones (1: indistinguishable). Everything is deterministic by seed; the nodule's true mask is written too, so that
 Grad-CAM localisation can be measured.
+
+`layout="scanner"` wraps the scans in whole scanner screens (thyro.screen),
+whose overlays follow the class as much as `shortcuts` says; the masks and the
+field masks are then in screen geometry.
 """
 
 from __future__ import annotations
@@ -237,7 +241,7 @@ def render(rng: np.random.Generator, S: int, label: int, n: Nodule,
     img[:, :x0] = img[:, x1:] = 0
     img[:y0] = img[y1:] = 0
     out = Image.fromarray((img * 255).astype(np.uint8), mode="L")
-    _burn_in(out, rng, S, x0, x1, y0, y1)
+    screen.simple_overlay(out, rng, S, x0, x1, y0, y1)
     calipers = rng.random() < 0.15  # placed by the sonographer
     if calipers:
         d = ImageDraw.Draw(out)
@@ -275,20 +279,6 @@ def render_screen(rng: np.random.Generator, S: int, label: int, n: Nodule, anato
             "panes": len(lay.panes), "calipers": int(calipers), "category_text": category,
             "scanner": preset.name}
     return np.asarray(out), nodule, fields, info
-
-
-def _burn_in(img: Image.Image, rng: np.random.Generator, S: int, x0: int, x1: int, y0: int, y1: int) -> None:
-    """Scanner overlay: text, depth scale and focus marker; independent of the class."""
-    d = ImageDraw.Draw(img)
-    depth_cm = rng.choice([3.0, 3.5, 4.0, 4.5])
-    d.text((4, 2), f"THYRO-US L12-5  {rng.integers(20, 40)}Hz", fill=200)
-    d.text((4, 2 + S // 24), f"THY {'R' if rng.random() < 0.5 else 'L'} TRV  G{rng.integers(40, 70)}", fill=200)
-    d.text((x1 - 40 if x1 > 60 else 2, S - S // 20), f"{depth_cm:.1f}cm", fill=200)
-    for k in range(int(depth_cm * 2) + 1):  # tick every 0.5 cm along the right edge
-        y = y0 + (y1 - y0) * k / (depth_cm * 2)
-        d.line([(x1 + 2, y), (x1 + (6 if k % 2 == 0 else 4), y)], fill=220)
-    fy = y0 + (y1 - y0) * rng.uniform(0.4, 0.7)
-    d.polygon([(x1 + 10, fy), (x1 + 16, fy - 3), (x1 + 16, fy + 3)], fill=220)
 
 
 def _patients(n_benign: int, n_malignant: int, rng: np.random.Generator,

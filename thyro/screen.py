@@ -76,6 +76,20 @@ def category_text(rng: np.random.Generator, label: int, shortcuts: float) -> str
     return CATEGORIES[label][k] if follows else (CATEGORIES[0] + CATEGORIES[1])[j]
 
 
+def simple_overlay(img: Image.Image, rng: np.random.Generator, S: int, x0: int, x1: int, y0: int, y1: int) -> None:
+    """The simple layout's fixed overlay: text, depth scale and focus marker; independent of the class."""
+    d = ImageDraw.Draw(img)
+    depth_cm = rng.choice([3.0, 3.5, 4.0, 4.5])
+    d.text((4, 2), f"THYRO-US L12-5  {rng.integers(20, 40)}Hz", fill=200)
+    d.text((4, 2 + S // 24), f"THY {'R' if rng.random() < 0.5 else 'L'} TRV  G{rng.integers(40, 70)}", fill=200)
+    d.text((x1 - 40 if x1 > 60 else 2, S - S // 20), f"{depth_cm:.1f}cm", fill=200)
+    for k in range(int(depth_cm * 2) + 1):  # tick every 0.5 cm along the right edge
+        y = y0 + (y1 - y0) * k / (depth_cm * 2)
+        d.line([(x1 + 2, y), (x1 + (6 if k % 2 == 0 else 4), y)], fill=220)
+    fy = y0 + (y1 - y0) * rng.uniform(0.4, 0.7)
+    d.polygon([(x1 + 10, fy), (x1 + 16, fy - 3), (x1 + 16, fy + 3)], fill=220)
+
+
 @dataclass
 class Pane:
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 on the screen, end-exclusive
@@ -282,8 +296,8 @@ def _calipers(d: ImageDraw.ImageDraw, rng: np.random.Generator, lay: Layout, nod
             d.point((xa + t * (xb - xa), ya + t * (yb - ya)), fill=rgb)
         labels.append(f"D{i + 1} {np.hypot(yb - ya, xb - xa) / px_cm:.2f} cm")
     fs = font.size
-    inside = rng.random() < 0.5
-    x = p0.box[3] - int(lay.W * 0.16) if inside else p0.box[1] + 3
-    y0 = p0.box[2] - (len(labels) + 1) * (fs + 2) if inside else min(p0.box[2] + 1, lay.H - len(labels) * (fs + 2))
+    # Lengths at the field's lower or upper right corner, inside it.
+    x = p0.box[3] - int(lay.W * 0.16)
+    y0 = p0.box[2] - (len(labels) + 1) * (fs + 2) if rng.random() < 0.5 else p0.box[0] + fs + 4
     for i, lab in enumerate(labels):
         d.text((x, y0 + i * (fs + 2)), lab, fill=rgb, font=_font(max(7, fs - 2)))
