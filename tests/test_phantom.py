@@ -1,11 +1,14 @@
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+import pytest
+from PIL import Image, ImageDraw
+from scipy.stats import fisher_exact
 from sklearn.metrics import roc_auc_score
 
-from thyro import phantom
+from thyro import phantom, screen
 
 
 def _digest(folder):
@@ -65,14 +68,6 @@ def test_overlap_knob_blurs_the_classes():
 
 
 # --- scanner layout ---------------------------------------------------------
-
-import json
-
-import pytest
-from PIL import ImageDraw
-from scipy.stats import fisher_exact
-
-from thyro import screen
 
 
 def _scanner(tmp_path_factory, name, shortcuts, n=60, size=64, seed=2):
@@ -207,7 +202,8 @@ def test_whole_screen_statistics_give_no_shortcut_without_shortcuts(fair):
 def test_scanner_layout_is_deterministic_by_seed(tmp_path):
     def digest(folder):
         files = sorted(p for sub in ("images", "masks", "fields") for p in (folder / sub).iterdir())
-        return hashlib.sha256(b"".join(p.read_bytes() for p in files) + (folder / "manifest.csv").read_bytes()).hexdigest()
+        data = b"".join(p.read_bytes() for p in files) + (folder / "manifest.csv").read_bytes()
+        return hashlib.sha256(data).hexdigest()
 
     kw = dict(n_benign=3, n_malignant=3, size=64, layout="scanner", shortcuts=0.5)
     for name, seed in (("a", 4), ("b", 4), ("c", 5)):
