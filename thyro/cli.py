@@ -34,7 +34,8 @@ def cmd_phantom(args) -> int:
 
     manifest = phantom.generate(args.out, n_benign=args.n_benign, n_malignant=args.n_malignant,
                                 size=args.size, seed=args.seed, overlap=args.overlap,
-                                multi_image_fraction=args.multi_image_fraction)
+                                multi_image_fraction=args.multi_image_fraction, layout=args.layout,
+                                shortcuts=args.shortcuts)
     print(f"wrote {args.n_benign + args.n_malignant} images and {manifest}")
     return 0
 
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.0, help="0: the feature tables as they are; 1: classes identical")
     p.add_argument("--multi-image-fraction", type=float, default=0.0,
                    help="fraction of patients with several images")
+    p.add_argument("--layout", choices=["simple", "scanner"], default="simple",
+                   help="simple: square grey scans; scanner: screens with scanner overlays")
+    p.add_argument("--shortcuts", type=float, default=0.0,
+                   help="0..1: how much the scanner overlays depend on the class (scanner layout)")
     p.set_defaults(fn=cmd_phantom)
 
     p = sub.add_parser("train", help="train and evaluate one model on one split (plain torch)")

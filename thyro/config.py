@@ -55,6 +55,12 @@ class PhantomConfig(_Section):
     # Fraction of patients that contribute more than one image (study: 0).
     multi_image_fraction: float = Field(0.0, ge=0.0, le=1.0)
     max_images_per_patient: int = Field(3, ge=1)
+    # "simple": square grey scans with a fixed overlay; "scanner": screens of
+    # varying aspect, field kind and panes with text, scales, body marker, logo, calipers.
+    layout: Literal["simple", "scanner"] = "simple"
+    # How much the scanner overlays depend on the class (0: not at all; 1: calipers,
+    # category text and scanner strongly follow it, as in clinical archives).
+    shortcuts: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class DataConfig(_Section):
