@@ -37,8 +37,9 @@ def prepare_inputs(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     manifest, source = resolve_manifest(cfg.data)
     # Workers may run elsewhere: no path may depend on the driver's directory.
     manifest["path"] = [storage.absolute(p) for p in manifest["path"]]
-    if "mask_path" in manifest:
-        manifest["mask_path"] = [storage.absolute(p) if isinstance(p, str) else p for p in manifest["mask_path"]]
+    for col in ("mask_path", "field_mask_path"):
+        if col in manifest:
+            manifest[col] = [storage.absolute(p) if isinstance(p, str) else p for p in manifest[col]]
     splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
     write_parquet(m_uri, manifest)
     write_parquet(s_uri, splits)

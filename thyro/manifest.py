@@ -64,8 +64,9 @@ def _from_csv(fs, uri: str, protocol_prefix: str) -> pd.DataFrame:
             "path": protocol_prefix + _join(base, r.path),
             "label": parse_label(r.label, where),
             "patient_id": (getattr(r, "patient_id", "") or r.path),
-            **({"mask_path": protocol_prefix + _join(base, r.mask_path)}
-               if getattr(r, "mask_path", "") else {}),
+            # true nodule mask and true scan-field mask (the phantom writes both)
+            **{col: protocol_prefix + _join(base, getattr(r, col))
+               for col in ("mask_path", "field_mask_path") if getattr(r, col, "")},
         })
     return pd.DataFrame(rows)
 

@@ -99,7 +99,7 @@ def _load_backbone(model: nn.Module, sd: dict, source: str) -> list[str]:
 
 
 def build_model(name: str, weights: str | None = None, num_classes: int = 2,
-                transform_input: bool | None = None) -> nn.Module:
+                transform_input: bool | None = None, offline: bool = False) -> nn.Module:
     """`transform_input` (Inception v3 only): None follows the weights (True for
     torchvision's ImageNet weights); a reloaded run passes what its card recorded."""
     if name not in SPECS:
@@ -108,7 +108,7 @@ def build_model(name: str, weights: str | None = None, num_classes: int = 2,
     model = spec.build()
     _replace_heads(model, spec, num_classes)
     if weights:
-        sd = _weights.state_dict(name, weights)
+        sd = _weights.state_dict(name, weights, offline=offline)
         _load_backbone(model, sd, weights)
         if _weights.is_imagenet(weights) and name == "inception_v3" and transform_input is None:
             transform_input = True  # torchvision's Inception weights expect it

@@ -47,13 +47,14 @@ class JobPaths:
     fs_path: str       # storage_path without its scheme
 
 
-def job_setup(cfg: Config, out: str, log: Callable[[str], None]) -> JobPaths:
-    """What every Ray job does first: fetch weights once, connect, resolve the output, write the inputs once."""
+def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[str] | None = None) -> JobPaths:
+    """What every Ray job does first: fetch weights once, connect, resolve the output, write the inputs once.
+    `models`: the architectures whose weights the job needs (None: model.name and experiment.models)."""
     from thyro.inputs import prepare_inputs
     from thyro.weights import resolve_weights
 
     before = cfg.model.weights
-    resolve_weights(cfg, storage.absolute(out))  # before Ray: a missing file fails here, not in a worker
+    resolve_weights(cfg, storage.absolute(out), models=models)  # before Ray: a missing file fails here, not in a worker
     if cfg.model.weights != before:
         log(f"weights: torchvision's ImageNet files, read by the workers from {cfg.model.weights}")
     init_ray(cfg)

@@ -89,7 +89,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     from ray.tune.schedulers import ASHAScheduler
 
     t0 = time.perf_counter()
-    job = job_setup(cfg, out, log)
+    job = job_setup(cfg, out, log, models=[cfg.model.name])  # the search trains one architecture
     out = job.out
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=cfg.train.epochs,
                               grace_period=min(cfg.tune.grace_period, cfg.train.epochs),

@@ -182,7 +182,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
 
     fit_idx, cal_idx = calibration_split(manifest, train_idx, cfg.eval.calibration_fraction, cfg.split.seed)
     train_loader, test_loader = make_loaders(cfg, manifest, fit_idx, test_idx, preset)
-    model = build_model(cfg.model.name, cfg.model.weights)
+    model = build_model(cfg.model.name, cfg.model.weights, offline=cfg.model.offline)
     if cfg.train.channels_last:  # before any DDP wrapping, which fixes parameter layouts
         model = model.to(memory_format=torch.channels_last)
     transform_input = getattr(model, "transform_input", None)

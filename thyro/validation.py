@@ -42,7 +42,7 @@ def inner_cv_epochs(cfg: Config, portion: pd.DataFrame, folds: list[tuple[np.nda
     state = []
     for tr, va in folds:
         train_loader, val_loader = make_loaders(cfg, portion, tr, va, preset)
-        model = build_model(cfg.model.name, cfg.model.weights).to(dev)
+        model = build_model(cfg.model.name, cfg.model.weights, offline=cfg.model.offline).to(dev)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
