@@ -47,8 +47,9 @@ def test_predictor_reproduces_the_runs_test_predictions(run_dir, tiny_phantom):
     p = Predictor(str(run_dir), cam_size=16)
     images = [read_image(str(tiny_phantom.parent / i)) for i in preds.image_id]
     out = p.predict(images)
-    assert np.allclose(out["prob_malignant"], preds.prob_malignant, atol=1e-5)
-    assert out["cam"].shape == (len(images), 16, 16) and out["cam"].dtype == np.float16
+    assert np.allclose(out["prob_malignant"], preds.prob_calibrated, atol=1e-5)
+    # maps over the crop the model saw, in its true aspect (the phantom is square: 16 x 16)
+    assert all(c.shape == (16, 16) and c.dtype == np.float16 for c in out["cam"])
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
@@ -72,3 +73,42 @@ def test_corrupt_image_in_dataset_is_named(tmp_path, tiny_phantom):
         from thyro.training import train_run
         train_run(load_config(None, [{"data": {"source": str(tmp_path / "m.csv")}, "train": {"epochs": 1},
                                       "preprocess": {"image_size": 64}}]), str(tmp_path / "r"))
+
+
+def test_inception_run_reloads_with_its_transform_input(tmp_path):
+    """torchvision's ImageNet Inception expects transform_input=True; a reloaded run lost it."""
+    import torch
+
+    from thyro import checkpoint
+    from thyro.models import build_model
+
+    model = build_model("inception_v3", transform_input=True).eval()
+    card = {"model": {"architecture": "inception_v3", "weights_file": "model.pt", "num_classes": 2,
+                      "transform_input": True}}
+    checkpoint.save_run(str(tmp_path), model, card, "", {})
+    again, _ = checkpoint.load_run(str(tmp_path))
+    x = torch.randn(2, 3, 299, 299)
+    with torch.no_grad():
+        assert again.transform_input and torch.equal(model(x), again(x))
+
+
+def test_threshold_is_chosen_without_the_test_labels(tiny_phantom, tmp_path):
+    """Shuffling the test set's labels must not move the operating point (chosen on held-back
+    training patients) nor the temperature."""
+    from thyro.manifest import load_manifest
+    from thyro.splits import make_splits
+    from thyro.training import train_run
+
+    manifest = load_manifest(str(tiny_phantom))
+    splits = make_splits(manifest, 2, 0.3, 0)
+    cfg = load_config(None, [{"preprocess": {"image_size": 32}, "train": {"epochs": 1, "batch_size": 8},
+                              "eval": {"bootstrap": 0, "calibration_fraction": 0.3}}])
+    a = train_run(cfg, str(tmp_path / "a"), manifest=manifest, splits=splits, log=lambda s: None)
+    test_ids = set(splits[(splits.repeat == 0) & (splits.subset == "test")].image_id)
+    shuffled = manifest.copy()
+    te = shuffled.image_id.isin(test_ids)
+    shuffled.loc[te, "label"] = np.random.default_rng(0).permutation(shuffled.loc[te, "label"].to_numpy())
+    b = train_run(cfg, str(tmp_path / "b"), manifest=shuffled, splits=splits, log=lambda s: None)
+    op_a, op_b = a.card["outputs"]["operating_point"], b.card["outputs"]["operating_point"]
+    assert op_a["chosen_on"] == "calibration" and op_a["n_calibration"] > 0
+    assert op_a["threshold"] == op_b["threshold"] and op_a["temperature"] == op_b["temperature"]
