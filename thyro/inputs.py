@@ -39,7 +39,8 @@ def prepare_inputs(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     manifest["path"] = [storage.absolute(p) for p in manifest["path"]]
     if "mask_path" in manifest:
         manifest["mask_path"] = [storage.absolute(p) if isinstance(p, str) else p for p in manifest["mask_path"]]
-    splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
+    splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed,
+                         cfg.split.dev_fraction)
     write_parquet(m_uri, manifest)
     write_parquet(s_uri, splits)
     storage.write_bytes(storage.join(out, "data_source.txt"), str(source).encode())
