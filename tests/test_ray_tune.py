@@ -1,5 +1,8 @@
 """The tune job: ASHA over nested inner splits, on the shared local Ray cluster."""
 
+import math
+
+import pandas as pd
 import pytest
 
 from thyro.config import load_config
@@ -26,7 +29,10 @@ def test_tune_smoke_writes_a_config_the_experiment_accepts(ray_cluster, tiny_pha
     assert best.experiment.models == cfg.experiment.models  # everything else carried over
     assert best.split == cfg.split  # the experiment keeps the dev set out of its test splits
     text = (tmp_path / "tune" / "best.yaml").read_text()
-    assert "development set of 15 patients" in text  # ceil(0.4 * 36 phantom patients)
+    splits = pd.read_parquet(tmp_path / "tune" / "splits.parquet")
+    n_dev = splits.loc[splits.subset == "dev", "patient_id"].nunique()
+    assert n_dev == math.ceil(0.4 * splits.patient_id.nunique())
+    assert f"development set of {n_dev} patients" in text
     assert set(res.trials["searched_on"]) == {text.split("Searched on the ")[1].split(";")[0]}
 
 
