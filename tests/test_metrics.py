@@ -92,3 +92,110 @@ def test_threshold_reaches_target_sensitivity():
     t = metrics.threshold_for_sensitivity(y, a, 0.9)
     assert ((a >= t["threshold"])[y == 1]).mean() >= 0.9
     assert t["specificity"] == pytest.approx(((a < t["threshold"])[y == 0]).mean())
+
+
+def test_corrected_interval_by_hand():
+    # J = 4 values, mean 0.8; the NaN is ignored.
+    v = [0.7, 0.8, 0.9, 0.8]
+    s2 = ((0.7 - 0.8) ** 2 + 0 + (0.9 - 0.8) ** 2 + 0) / 3
+    t = 3.182446305284263  # t(0.975, df=3), printed tables: 3.182
+    half = t * np.sqrt((1 / 4 + 30 / 70) * s2)
+    lo, hi = metrics.corrected_interval(v + [float("nan")], n_train=70, n_test=30)
+    assert (lo, hi) == pytest.approx((0.8 - half, 0.8 + half), rel=1e-9)
+    assert np.isnan(metrics.corrected_interval([0.8], 70, 30)).all()
+
+
+def test_corrected_interval_is_wider_than_the_naive_t_interval():
+    v = np.random.default_rng(0).normal(0.85, 0.03, 10)
+    naive = stats.t.interval(0.95, 9, loc=v.mean(), scale=stats.sem(v))  # scipy, no correction
+    lo, hi = metrics.corrected_interval(v, n_train=70, n_test=30)
+    # (1/J + n_test/n_train) / (1/J) = 1 + 10 * 3/7: the half-width grows by its square root.
+    assert (hi - lo) / (naive[1] - naive[0]) == pytest.approx(np.sqrt(1 + 10 * 30 / 70), rel=1e-9)
+
+
+def _patients(n_patients=60, k=5, seed=0):
+    """Each patient's k images carry one score (copies): the patient is the unit of information."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n_patients) % 3 == 0).astype(int)
+    p = np.round(1 / (1 + np.exp(-(1.2 * y + rng.normal(0, 1, n_patients)))), 3)
+    pid = np.array([f"p{i:03d}" for i in range(n_patients)])
+    return y, p, np.repeat(y, k), np.repeat(p, k), np.repeat(pid, k)
+
+
+def test_patient_bootstrap_of_copied_images_equals_the_one_image_per_patient_bootstrap():
+    # Copying every patient's image k times changes no metric of any resample of patients,
+    # so the patient-grouped intervals must be those of the de-duplicated data.
+    y, p, yk, pk, pid = _patients()
+    a = metrics.bootstrap_ci(yk, pk, n_boot=200, seed=3, groups=pid)
+    b = metrics.bootstrap_ci(y, p, n_boot=200, seed=3)
+    for k in metrics.METRIC_NAMES:
+        assert a[k] == pytest.approx(b[k], abs=1e-12)
+
+
+def test_several_images_per_patient_widen_the_interval_over_per_image_resampling():
+    _, _, yk, pk, pid = _patients(k=5)
+    grouped = metrics.bootstrap_ci(yk, pk, n_boot=300, seed=1, groups=pid)["auc"]
+    per_image = metrics.bootstrap_ci(yk, pk, n_boot=300, seed=1)["auc"]
+    # Treating 5 copies as 5 patients shrinks the width by about sqrt(5) = 2.24.
+    assert (grouped[1] - grouped[0]) > 1.8 * (per_image[1] - per_image[0])
+
+
+def _threshold_brute_force(y, p, target):
+    """Every distinct score as a threshold; the highest whose sensitivity reaches the target."""
+    best = None
+    for t in np.unique(p):
+        sens = (p[y == 1] >= t).mean()
+        if sens >= target and (best is None or t > best[0]):
+            best = (t, sens, (p[y == 0] < t).mean())
+    return best
+
+
+def test_threshold_is_the_right_corner_on_a_straight_stretch_of_the_roc():
+    # Four malignant scores in a row above every benign but one: a vertical ROC stretch,
+    # whose inner points roc_curve drops by default.
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.95, 0.5, 0.4, 0.3, 0.1])
+    t = metrics.threshold_for_sensitivity(y, p, 0.6)
+    assert (t["threshold"], t["sensitivity"], t["specificity"]) == pytest.approx((0.7, 0.6, 0.8))
+    assert (t["threshold"], t["sensitivity"], t["specificity"]) == pytest.approx(_threshold_brute_force(y, p, 0.6))
+
+
+def test_threshold_matches_brute_force_with_ties():
+    y, a, b = _scores(seed=5, n=150)  # scores rounded to 2 decimals: many ties and collinear points
+    for p in (a, b):
+        for target in (0.5, 0.8, 0.9, 0.95, 1.0):
+            t = metrics.threshold_for_sensitivity(y, p, target)
+            assert (t["threshold"], t["sensitivity"], t["specificity"]) == pytest.approx(
+                _threshold_brute_force(y, p, target))
+
+
+def test_sens_spec_at_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.2, 0.6, 0.1, 0.1, 0.3, 0.2])
+    r = metrics.sens_spec_at(y, p, 0.6)  # predicted malignant: 0.9, 0.8, 0.6
+    assert r == pytest.approx({"sensitivity": 2 / 3, "specificity": 4 / 5, "threshold": 0.6})
+
+
+def test_temperature_matches_logistic_regression_on_the_log_odds():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, 3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-z))).astype(int)
+    margin = 2.5 * z  # an overconfident model: the calibrated T is about 2.5
+    T = metrics.fit_temperature(margin, y)
+    lr = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-12, max_iter=1000)  # C=inf: no penalty
+    lr.fit(margin[:, None], y)
+    assert 1 / T == pytest.approx(lr.coef_[0, 0], rel=1e-5)
+    assert T == pytest.approx(2.5, rel=0.1)
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1.5, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-z))).astype(int)
+    margin = 3 * z
+    T = metrics.fit_temperature(margin[:10000], y[:10000])  # fitted on one half, checked on the other
+    before = metrics.expected_calibration_error(y[10000:], metrics.calibrated_prob(margin[10000:], 1.0))
+    after = metrics.expected_calibration_error(y[10000:], metrics.calibrated_prob(margin[10000:], T))
+    assert before > 0.05 and after < 0.02

@@ -5,7 +5,7 @@ from PIL import Image
 
 from thyro.decode import decode
 from thyro.manifest import load_manifest
-from thyro.splits import leakage_report, make_splits, split_indices
+from thyro.splits import calibration_split, dev_indices, leakage_report, make_splits, split_indices
 
 
 def _manifest(n_patients=60, seed=0):
@@ -44,6 +44,69 @@ def test_stratified_by_patient_label():
         te = s[(s.repeat == rep) & (s.subset == "test")].patient_id.unique()
         assert abs(pl[te].mean() - pl.mean()) < 0.02
         assert abs(len(te) / len(pl) - 0.3) < 0.01
+
+
+def _test_patients(s, rep):
+    return set(s[(s.repeat == rep) & (s.subset == "test")].patient_id)
+
+
+def test_dev_patients_are_in_no_test_split_and_train_in_every_one():
+    m = _manifest(n_patients=100)
+    s = make_splits(m, n_repeats=10, seed=2, dev_fraction=0.2)
+    dev = set(m.patient_id.iloc[dev_indices(s, m)])
+    assert len(dev) == 20  # 20% of 100 patients
+    for rep in range(10):
+        tr, te = split_indices(s, m, rep)
+        assert dev.isdisjoint(m.patient_id.iloc[te]) and dev <= set(m.patient_id.iloc[tr])
+        assert len(tr) + len(te) == len(m)
+        assert set(s[(s.repeat == rep) & (s.subset == "dev")].patient_id) == dev  # one set for all repeats
+
+
+def test_test_size_stays_a_fraction_of_all_patients_with_a_dev_set():
+    m = _manifest(n_patients=200)
+    s = make_splits(m, n_repeats=3, seed=0, dev_fraction=0.25)
+    pl = m.groupby("patient_id").label.max()
+    dev = m.patient_id.iloc[dev_indices(s, m)].unique()
+    assert abs(pl[dev].mean() - pl.mean()) < 0.02  # the dev draw is stratified too
+    for rep in range(3):
+        assert len(_test_patients(s, rep)) == 60  # 30% of all 200 patients, not of the 150 left
+
+
+def test_no_dev_fraction_keeps_the_split_table_of_the_plain_draw():
+    # dev_fraction = 0 must reproduce sklearn's StratifiedShuffleSplit over patients,
+    # so split tables (and results) made before the dev set existed are unchanged.
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    m = _manifest()
+    s = make_splits(m, n_repeats=4, seed=7)
+    pl = m.groupby("patient_id", sort=True).label.max()
+    sss = StratifiedShuffleSplit(n_splits=4, test_size=0.3, random_state=7)
+    for rep, (_, te) in enumerate(sss.split(pl.index, pl.to_numpy())):
+        assert _test_patients(s, rep) == set(pl.index[te])
+    assert "dev" not in set(s.subset) and len(dev_indices(s, m)) == 0
+
+
+def test_calibration_split_holds_back_whole_patients_of_both_classes():
+    m = _manifest(n_patients=100)
+    s = make_splits(m, n_repeats=1, seed=0)
+    tr, _ = split_indices(s, m, 0)
+    fit, cal = calibration_split(m, tr, 0.2, seed=0)
+    assert sorted(np.concatenate([fit, cal])) == sorted(tr)
+    assert set(m.patient_id.iloc[fit]).isdisjoint(m.patient_id.iloc[cal])
+    pl = m.iloc[tr].groupby("patient_id").label.max()
+    cal_pl = pl[m.patient_id.iloc[cal].unique()]
+    for label in (0, 1):  # per class: round(0.2 * patients of that class)
+        assert (cal_pl == label).sum() == round(0.2 * (pl == label).sum())
+    assert calibration_split(m, tr, 0.2, seed=0)[1].tolist() == cal.tolist()
+
+
+def test_calibration_split_keeps_one_patient_of_each_class_when_small():
+    m = _manifest(n_patients=10)  # 2 malignant patients: 0.1 of them rounds to 0
+    tr = np.arange(len(m))
+    fit, cal = calibration_split(m, tr, 0.1, seed=0)
+    assert set(m.label.iloc[cal]) == {0, 1} and set(m.label.iloc[fit]) == {0, 1}
+    fit0, cal0 = calibration_split(m, tr, 0.0, seed=0)
+    assert fit0.tolist() == tr.tolist() and len(cal0) == 0
 
 
 def test_leakage_report_finds_copies_and_spares_distinct_images(tiny_phantom, tmp_path):

@@ -133,6 +133,9 @@ class SplitConfig(_Section):
     seed: int = 0
     # Which repetition `thyro train` uses.
     repeat: int = Field(0, ge=0)
+    # Fraction of patients set aside first as the development set of `thyro tune`:
+    # in no test split, in the training part of every split.
+    dev_fraction: float = Field(0.0, ge=0.0, lt=0.5)
 
 
 class EvalConfig(_Section):
@@ -197,9 +200,7 @@ class RayConfig(_Section):
 class SearchConfig(_Section):
     """Hyperparameter search (`thyro tune`). Ranges are [low, high]; lists are choices."""
     num_samples: int = Field(16, ge=1)
-    # Nested: configurations are scored on inner splits of this outer split's
-    # training portion; its test portion is never seen.
-    outer_split: int = Field(0, ge=0)
+    # Configurations are scored on inner splits of the development set (split.dev_fraction).
     inner_splits: int = Field(2, ge=1)
     inner_test_size: float = Field(0.3, gt=0.0, lt=1.0)
     seed: int = 0

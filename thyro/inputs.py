@@ -40,7 +40,8 @@ def prepare_inputs(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     for col in ("mask_path", "field_mask_path"):
         if col in manifest:
             manifest[col] = [storage.absolute(p) if isinstance(p, str) else p for p in manifest[col]]
-    splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
+    splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed,
+                         cfg.split.dev_fraction)
     write_parquet(m_uri, manifest)
     write_parquet(s_uri, splits)
     storage.write_bytes(storage.join(out, "data_source.txt"), str(source).encode())

@@ -6,7 +6,7 @@ Positive class = malignant (1). `prob` is the predicted probability of malignanc
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, special, stats
 from sklearn import metrics as skm
 
 METRIC_NAMES = ("auc", "accuracy", "recall", "specificity", "precision", "f1")
@@ -30,17 +30,40 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> d
     }
 
 
+def _patients_by_class(y: np.ndarray, groups) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Image positions of each malignant and each benign patient (label = max of its images)."""
+    if groups is None:
+        ids = np.arange(len(y))
+    else:
+        ids = np.asarray(groups)
+        if len(ids) != len(y):
+            raise ValueError(f"groups has {len(ids)} entries for {len(y)} images")
+    _, inv = np.unique(ids, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
+    malignant = [m for m in members if y[m].max() == 1]
+    benign = [m for m in members if y[m].max() == 0]
+    return malignant, benign
+
+
 def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile CIs of every metric, resampling within each class (stratified)
-    so that each replicate keeps the class balance and AUC stays defined."""
+                 seed: int = 0, alpha: float = 0.05, groups=None) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of every metric, resampling patients with all their images.
+
+    Images of one patient are correlated, so the patient is the unit drawn
+    (`groups` = patient ids; None: every image its own patient). Patients are
+    drawn within the malignant and within the benign patients, so every
+    replicate keeps the class balance and AUC stays defined.
+    """
     y = np.asarray(y).astype(int)
     prob = np.asarray(prob, dtype=float)
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    malignant, benign = _patients_by_class(y, groups)
     vals = {k: [] for k in METRIC_NAMES}
     for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        drawn = [malignant[i] for i in rng.choice(len(malignant), len(malignant))] if malignant else []
+        drawn += [benign[i] for i in rng.choice(len(benign), len(benign))] if benign else []
+        idx = np.concatenate(drawn)
         m = binary_metrics(y[idx], prob[idx], threshold)
         for k in METRIC_NAMES:
             vals[k].append(m[k])
@@ -49,13 +72,35 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot
 
 
 def mean_ci(values, seed: int = 0, n_boot: int = 10000, alpha: float = 0.05) -> tuple[float, float]:
-    """Bootstrap percentile CI of the mean of a few values (e.g. over splits)."""
+    """Bootstrap percentile CI of the mean of independent values.
+
+    Not for values over repeated splits: those share patients, and this interval
+    is too narrow for them; use `corrected_interval`.
+    """
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     if len(v) < 2:
         return (float("nan"), float("nan"))
     means = np.random.default_rng(seed).choice(v, (n_boot, len(v))).mean(1)
     return tuple(float(x) for x in np.percentile(means, (100 * alpha / 2, 100 * (1 - alpha / 2))))
+
+
+def corrected_interval(values, n_train: int, n_test: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Nadeau & Bengio (2003) interval of the mean of a metric over J repeated random splits.
+
+    The splits share patients, so their estimates are correlated; the variance
+    of the mean is inflated from s^2/J to (1/J + n_test/n_train) s^2, with
+    t(J-1) quantiles: the interval behind the corrected resampled t-test.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    j = len(v)
+    if j < 2:
+        return (float("nan"), float("nan"))
+    if n_train <= 0 or n_test <= 0:
+        raise ValueError(f"corrected_interval needs positive n_train and n_test (got {n_train}, {n_test})")
+    half = stats.t.ppf(1 - alpha / 2, j - 1) * np.sqrt((1 / j + n_test / n_train) * v.var(ddof=1))
+    return (float(v.mean() - half), float(v.mean() + half))
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -119,9 +164,53 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 10
 
 def threshold_for_sensitivity(y: np.ndarray, prob: np.ndarray, target: float = 0.95) -> dict:
     """Highest threshold whose sensitivity reaches `target`, and the specificity there."""
-    fpr, tpr, thr = skm.roc_curve(np.asarray(y).astype(int), np.asarray(prob, float))
+    # drop_intermediate=False: the default drops points on straight stretches of
+    # the ROC curve, and the first point reaching the target may be one of them.
+    fpr, tpr, thr = skm.roc_curve(np.asarray(y).astype(int), np.asarray(prob, float), drop_intermediate=False)
     ok = np.flatnonzero(tpr >= target)
     i = int(ok[0])
     t = float(min(thr[i], 1.0))
     return {"threshold": t, "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i]),
             "target_sensitivity": float(target)}
+
+
+def sens_spec_at(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity of `prob >= threshold` (e.g. a threshold chosen elsewhere)."""
+    y = np.asarray(y).astype(int)
+    pred = np.asarray(prob, dtype=float) >= threshold
+    pos, neg = y == 1, y == 0
+    return {"sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
+            "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan"),
+            "threshold": float(threshold)}
+
+
+def fit_temperature(margin: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T > 0 minimising the NLL of sigmoid(margin / T) (Guo et al. 2017).
+
+    `margin` is the log-odds of malignancy (logit_malignant - logit_benign) on
+    predictions the model was not trained on. T > 1 softens an overconfident model.
+    """
+    z = np.asarray(margin, dtype=float)
+    y = np.asarray(y).astype(int)
+    if len(z) != len(y):
+        raise ValueError(f"fit_temperature: {len(z)} margins for {len(y)} labels")
+    if not np.isfinite(z).all():
+        raise ValueError("fit_temperature: margins must be finite")
+    if len(np.unique(y)) != 2:
+        raise ValueError("fit_temperature needs predictions of both classes")
+    sign = 2 * y - 1
+
+    def nll(log_t: float) -> float:
+        return float(np.logaddexp(0.0, -sign * z / np.exp(log_t)).sum())
+
+    # Bounded search over log T: separable margins push T towards 0 without end.
+    res = optimize.minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e3)), method="bounded",
+                                   options={"xatol": 1e-8})
+    return float(np.exp(res.x))
+
+
+def calibrated_prob(margin: np.ndarray, temperature: float) -> np.ndarray:
+    """Malignancy probability after temperature scaling: sigmoid(margin / T)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return special.expit(np.asarray(margin, dtype=float) / temperature)

@@ -1,9 +1,11 @@
 """Hyperparameter search on Ray Tune: ASHA over nested, patient-grouped inner splits.
 
 Each trial drives a Ray Train `TorchTrainer` whose worker trains one model per
-inner split in lockstep (`thyro.validation`) and reports the mean validation
-AUC every epoch; ASHA stops weak configurations early. The outer test split of
-`tune.outer_split` is never touched. The best configuration is written as a
+inner split of the development set (`split.dev_fraction`) in lockstep
+(`thyro.validation`) and reports the mean validation AUC every epoch; ASHA stops
+weak configurations early. The development patients are in no test split of an
+experiment with the same split config, so the search never sees a patient that
+later scores the chosen configuration. The best configuration is written as a
 YAML config that `thyro experiment` accepts.
 """
 
@@ -58,7 +60,7 @@ def _search_worker(config: dict) -> None:
     device = worker_setup(cfg)
     manifest, splits = read_parquet(config["manifest"]), read_parquet(config["splits"])
     t = cfg.tune
-    portion, folds = inner_folds(manifest, splits, t.outer_split, t.inner_splits, t.inner_test_size, t.seed)
+    portion, folds = inner_folds(manifest, splits, t.inner_splits, t.inner_test_size, t.seed)
     for rec in inner_cv_epochs(cfg, portion, folds, device):
         ray.train.report(rec)
 
@@ -84,13 +86,24 @@ class SearchResult:
 
 
 def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> SearchResult:
+    if cfg.split.dev_fraction == 0:
+        raise ValueError("thyro tune searches only on a development set of patients that no test split holds, "
+                         "and split.dev_fraction is 0: set it (e.g. --set split.dev_fraction=0.2)")
     import ray.tune
     from ray.tune import RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import ASHAScheduler
 
+    from thyro.validation import inner_folds
+
     t0 = time.perf_counter()
     job = job_setup(cfg, out, log, models=[cfg.model.name])  # the search trains one architecture
     out = job.out
+    t = cfg.tune
+    # Fails here, before any trial, if the development set cannot be split.
+    dev, _ = inner_folds(read_parquet(job.manifest), read_parquet(job.splits), t.inner_splits,
+                         t.inner_test_size, t.seed)
+    searched = (f"development set of {dev['patient_id'].nunique()} patients, excluded from every test split "
+                "of an experiment run with this config")
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=cfg.train.epochs,
                               grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
                               reduction_factor=cfg.tune.reduction_factor)
@@ -102,8 +115,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
                                max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
         run_config=RunConfig(name="tune", storage_path=job.fs_path, storage_filesystem=job.fs),
     )
-    log(f"tune: {cfg.tune.num_samples} configurations, ASHA, nested inner splits of outer split "
-        f"{cfg.tune.outer_split} -> {out}")
+    log(f"tune: {cfg.tune.num_samples} configurations, ASHA, inner splits of the {searched} -> {out}")
     grid = tuner.fit()
     done = [r for r in grid if r.metrics and METRIC in r.metrics]
     if not done:
@@ -111,7 +123,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     # Trials that ran every epoch rank first: the experiment trains that long.
     done.sort(key=lambda r: (r.metrics.get("epoch", 0), r.metrics[METRIC]), reverse=True)
     trials = pd.DataFrame([{**r.config["params"], "epochs_run": r.metrics.get("epoch"), METRIC: r.metrics[METRIC],
-                            "val_auc_sd": r.metrics.get("val_auc_sd")} for r in done])
+                            "val_auc_sd": r.metrics.get("val_auc_sd"), "searched_on": searched} for r in done])
     storage.write_bytes(storage.join(out, "tune_results.csv"), trials.to_csv(index=False).encode())
     best = trials.iloc[0]
     params = dict(done[0].config["params"])
@@ -119,6 +131,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     best_cfg["name"] = f"{cfg.name}-tuned"
     text = ("# Best configuration found by `thyro tune` (mean inner-split validation AUC "
             f"{best[METRIC]:.4f}); use with `thyro experiment --config`.\n"
+            f"# Searched on the {searched}; keep the split section as it is.\n"
             + yaml.safe_dump(best_cfg, sort_keys=False))
     uri = storage.join(out, "best.yaml")
     storage.write_bytes(uri, text.encode())

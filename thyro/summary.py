@@ -1,6 +1,8 @@
 """Aggregate an experiment's trials into honest per-model statistics.
 
-Per model over splits: mean, sd and a bootstrap 95% CI of each metric;
+Per model over splits: mean, sd and a 95% CI of each metric (Nadeau-Bengio
+corrected t interval: the splits share patients, so a CI that treats them as
+independent is too narrow);
 expected calibration error; the threshold reaching the target sensitivity and
 the specificity there. Against the reference model (ResNet18): DeLong's test
 on the same test images in each split, and, across splits, the corrected
@@ -21,6 +23,7 @@ from thyro import checkpoint, metrics, storage
 from thyro.config import Config
 
 METRICS = ("auc", "accuracy", "recall", "precision", "f1", "specificity")
+CI_METHOD = "Nadeau-Bengio corrected t interval"
 
 
 def collect_trials(out: str, models: list[str], splits: list[int], run_dir: Callable) -> pd.DataFrame:
@@ -80,11 +83,13 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
     rows = []
     for model, g in trials.groupby("model", sort=False):
         row = {"model": model, "n_splits": len(g)}
+        n_train, n_test = int(g["n_train"].mean()), int(g["n_test"].mean())
         for k in METRICS:
             v = g[k].to_numpy(float)
-            lo, hi = metrics.mean_ci(v, seed=cfg.split.seed)
+            lo, hi = metrics.corrected_interval(v, n_train, n_test)
             row.update({f"{k}_mean": float(np.nanmean(v)), f"{k}_sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else float("nan"),
                         f"{k}_ci_low": lo, f"{k}_ci_high": hi})
+        row["ci_method"] = CI_METHOD
         row["ece_mean"] = float(g["ece"].mean())
         row["threshold_at_target_sensitivity_mean"] = float(g["threshold_at_target_sensitivity"].mean())
         row["specificity_at_target_sensitivity_mean"] = float(g["specificity_at_target_sensitivity"].mean())
@@ -98,7 +103,6 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
             gm = trials[trials["model"] == ref].set_index("split")["auc"]
             diffs = (gm.loc[g["split"]].to_numpy() - g["auc"].to_numpy())
             row["auc_diff_vs_reference_mean"] = float(diffs.mean())
-            row["p_vs_reference_corrected_t"] = corrected_resampled_ttest(
-                diffs, int(g["n_train"].mean()), int(g["n_test"].mean()))
+            row["p_vs_reference_corrected_t"] = corrected_resampled_ttest(diffs, n_train, n_test)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -166,7 +166,8 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     if manifest is None:
         manifest, source = resolve_manifest(cfg.data)
     if splits is None:
-        splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed)
+        splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed,
+                             cfg.split.dev_fraction)
     train_idx, test_idx = split_indices(splits, manifest, cfg.split.repeat)
     leak = leakage_report(manifest, train_idx, test_idx, read_bytes, decode)
     if leak["shared_patients"]:

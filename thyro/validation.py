@@ -1,8 +1,10 @@
-"""Nested validation for hyperparameter search: the outer test split is never seen.
+"""Validation for hyperparameter search on the development set, which no test split holds.
 
-Inside one outer split's training portion, `inner_folds` draws patient-grouped,
-stratified inner train/validation splits; `inner_cv_epochs` trains one model
-per inner split in lockstep and yields the mean validation AUC after every
+Choosing hyperparameters on patients that later score a model inflates its
+scores; so the search sees only the development patients (`split.dev_fraction`,
+drawn by `make_splits` before any test split). `inner_folds` draws patient-grouped,
+stratified inner train/validation splits of them; `inner_cv_epochs` trains one
+model per inner split in lockstep and yields the mean validation AUC after every
 epoch, so a scheduler (ASHA) can stop a poor configuration early.
 """
 
@@ -19,15 +21,24 @@ from thyro.engine import predict_proba, resolve_device, train_one_epoch
 from thyro.losses import build_loss
 from thyro.metrics import binary_metrics
 from thyro.models import build_model
-from thyro.splits import make_splits, split_indices
+from thyro.splits import dev_indices, make_splits, split_indices
+
+NO_DEV_SET = ("the split table has no development patients: set split.dev_fraction > 0 (e.g. 0.2) so that the "
+              "search runs on patients excluded from every test split")
 
 
-def inner_folds(manifest: pd.DataFrame, splits: pd.DataFrame, outer: int, n_inner: int,
-                test_size: float, seed: int) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
-    """-> (the outer training portion, [(inner train idx, inner val idx)] into it)."""
-    train_idx, _ = split_indices(splits, manifest, outer)
-    portion = manifest.iloc[train_idx].reset_index(drop=True)
-    inner = make_splits(portion, n_inner, test_size, seed)
+def inner_folds(manifest: pd.DataFrame, splits: pd.DataFrame, n_inner: int, test_size: float,
+                seed: int) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
+    """-> (the development set, [(inner train idx, inner val idx)] into it)."""
+    idx = dev_indices(splits, manifest)
+    if not len(idx):
+        raise ValueError(NO_DEV_SET)
+    portion = manifest.iloc[idx].reset_index(drop=True)
+    try:
+        inner = make_splits(portion, n_inner, test_size, seed)
+    except ValueError as e:
+        raise ValueError(f"cannot split the development set of {portion['patient_id'].nunique()} patients "
+                         f"into inner folds: {e}; raise split.dev_fraction") from None
     return portion, [split_indices(inner, portion, k) for k in range(n_inner)]
 
 
