@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import UID, MediaStorageDirectoryStorage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage,
+)
 
 from thyro.decode import DecodeError, NotAnImageError, check_size, scale_to_uint8, select_frames, to_rgb
 
@@ -49,9 +51,17 @@ def _read(data: bytes, name: str) -> Dataset:
     if data[:4] == b"DICM":  # preamble dropped but magic kept: restore what pydicom expects
         data = bytes(128) + data
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as e:  # pydicom raises many types for broken files
         raise DecodeError(name, f"unreadable DICOM ({type(e).__name__})") from None
+    if "TransferSyntaxUID" not in ds.get("file_meta", Dataset()):
+        # No meta header: the encoding pydicom detected while reading is the only syntax there is.
+        implicit, little = ds.original_encoding
+        if implicit is not None:
+            ds.file_meta = ds.get("file_meta") or FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 def _uid_label(uid: UID | str) -> str:
