@@ -27,9 +27,21 @@ def test_every_mode_becomes_rgb_uint8(mode, fmt):
 
 def test_16bit_png_scaled_by_nominal_range():
     a = (GREY.astype(np.uint16) * 16)  # 12-bit data in a 16-bit container
-    out = decode(_encode(Image.fromarray(a)), "x.png")
+    data = _encode(Image.fromarray(a))
+    out = decode(data, "x.png")  # the container's range, whatever the image's max
     assert out.shape == (64, 64, 3)
-    assert abs(int(out[0, -1, 0]) - round(int(a[0, -1]) * 255 / 4095)) <= 1
+    assert abs(int(out[0, -1, 0]) - round(int(a[0, -1]) * 255 / 65535)) <= 1
+    out12 = decode(data, "x.png", bit_depth=12)  # a configured depth for the archive
+    assert abs(int(out12[0, -1, 0]) - round(int(a[0, -1]) * 255 / 4095)) <= 1
+
+
+def test_signed_16bit_tiff_offset_by_half_range():
+    tifffile = pytest.importorskip("tifffile")
+    a = np.array([[-32768, 0, 32767] * 6] * 16, np.int16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, a)  # PIL itself would widen int16 to a 32-bit TIFF
+    out = decode(buf.getvalue(), "s.tif")[0, :3, 0]
+    assert list(out) == [0, round(32768 * 255 / 65535), 255]
 
 
 def test_rgba_composites_on_black():
