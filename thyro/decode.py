@@ -217,6 +217,8 @@ def decode_image(data: bytes, name: str, frames: FramePolicy | int = "first", fr
                  max_frames: int = 0, *, bit_depth: int | None = None) -> DecodedImage:
     """Decode bytes into frames plus what the file says about them; raises DecodeError naming `name`.
 
+    A plain image is one frame, whatever the frame policy (mixed archives share one policy).
+
     `bit_depth` fixes the nominal range of integer PNG/TIFF data (e.g. 12 for
     12-bit data stored in 16-bit PNGs); DICOM files carry their own.
     """
@@ -227,10 +229,6 @@ def decode_image(data: bytes, name: str, frames: FramePolicy | int = "first", fr
 
         frames_, regions, bits = decode_dataset(data, name, frames, frame_step, max_frames)
         return DecodedImage(frames_, regions, "dicom", bits)
-    try:
-        select_frames(1, frames, frame_step, max_frames)
-    except ValueError as e:
-        raise DecodeError(name, str(e)) from None
     img, bits = _decode_pil(data, name, bit_depth)
     return DecodedImage([(0, img)], [], "image", bits)
 
