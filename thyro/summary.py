@@ -93,9 +93,9 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
         row["ece_mean"] = float(g["ece"].mean())
         row["threshold_at_target_sensitivity_mean"] = float(g["threshold_at_target_sensitivity"].mean())
         row["specificity_at_target_sensitivity_mean"] = float(g["specificity_at_target_sensitivity"].mean())
-        row["sensitivity_at_target_sensitivity_mean"] = float(g["sensitivity_at_target_sensitivity"].mean())
-        row["ece_calibrated_mean"] = float(g["ece_calibrated"].mean())
-        row["threshold_chosen_on"] = str(g["threshold_chosen_on"].iloc[0])
+        for col in ("sensitivity_at_target_sensitivity", "ece_calibrated"):
+            row[f"{col}_mean"] = float(g[col].mean()) if col in g else float("nan")
+        row["threshold_chosen_on"] = str(g["threshold_chosen_on"].iloc[0]) if "threshold_chosen_on" in g else "test"
         if model != ref and len(dl):
             d = dl[dl["model"] == model]
             row["delong_p_median"] = float(d["p"].median())

@@ -77,13 +77,18 @@ class RunResult:
     seconds: float
 
 
+def eval_loader(cfg: Config, manifest: pd.DataFrame, idx, preset: Preset) -> DataLoader:
+    kw = dict(num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0)
+    return DataLoader(UltrasoundDataset(manifest.iloc[idx], preset, train=False), batch_size=cfg.eval.batch_size,
+                      shuffle=False, **kw)
+
+
 def make_loaders(cfg: Config, manifest: pd.DataFrame, train_idx, test_idx, preset: Preset):
     tr = UltrasoundDataset(manifest.iloc[train_idx], preset, train=True)
-    te = UltrasoundDataset(manifest.iloc[test_idx], preset, train=False)
     g = torch.Generator().manual_seed(cfg.train.seed)
     kw = dict(num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0)
     return (DataLoader(tr, batch_size=cfg.train.batch_size, shuffle=True, generator=g, drop_last=len(tr) > cfg.train.batch_size, **kw),
-            DataLoader(te, batch_size=cfg.eval.batch_size, shuffle=False, **kw))
+            eval_loader(cfg, manifest, test_idx, preset))
 
 
 @dataclass
@@ -208,8 +213,8 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     final = ema.module if ema is not None else model
     op = OperatingPoint(cfg.eval.threshold, 1.0, "fixed")
     if len(cal_idx):
-        cal_loader = make_loaders(cfg, manifest, cal_idx[:0], cal_idx, preset)[1]
-        y_cal, m_cal = predict_margin(final, cal_loader, device, cfg.train.precision, cfg.train.channels_last)
+        y_cal, m_cal = predict_margin(final, eval_loader(cfg, manifest, cal_idx, preset), device,
+                                      cfg.train.precision, cfg.train.channels_last)
         op = choose_operating_point(cfg, y_cal, m_cal)
     ev = evaluate(final, test_loader, device, cfg.eval.threshold, cfg.train.precision, cfg.train.channels_last)
     test_rows = manifest.iloc[test_idx]
