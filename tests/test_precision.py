@@ -16,7 +16,10 @@ def _exact_trunk_model():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 1, bias=False)
     with torch.no_grad():
-        conv.weight.copy_(torch.tensor([1.0, 0.5, 2.0, 0.25]).view(4, 1, 1, 1).expand(4, 3, 1, 1))
+        # distinct powers of two per input channel: 16^3 input combinations give distinct,
+        # bf16-exact features (at most 8 significant bits)
+        conv.weight.copy_(torch.tensor([[1.0, 0.5, 0.25], [2.0, 1.0, 0.5], [0.25, 2.0, 1.0],
+                                        [0.5, 0.25, 2.0]]).view(4, 3, 1, 1))
     return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), Float32Linear(4, 2)).eval()
 
 
