@@ -89,8 +89,9 @@ def test_dicom_scale_travels_on_the_rows_and_cine_is_sampled():
     assert len({r["file_id"] for r in rows}) == 1 and len({r["row_id"] for r in rows}) == 10
     step = prepare(Item("cine.dcm", data=data), resolve_preset("study", 32), frames="all", frame_step=100)
     assert [r["frame"] for r in step] == [0, 100, 200]
-    # a preset frame policy ignores the sampling
-    assert [r["frame"] for r in prepare(Item("c.dcm", data=data), resolve_preset("study", 32), max_frames=10)] == [0]
+    # the preset's own frame (study: the middle one) ignores the sampling
+    assert resolve_preset("study", 32).frame == "middle"
+    assert [r["frame"] for r in prepare(Item("c.dcm", data=data), resolve_preset("study", 32), max_frames=10)] == [150]
 
 
 def test_cropped_to_the_dicom_region_says_so_and_keeps_its_scale():
