@@ -66,3 +66,14 @@ def test_without_the_field_crop_the_text_shows():
     # the check above can fail: a preset that keeps the whole screen draws the name
     rgb, _ = _overlay(_screen("DOE^JANE 1970-01-01 MRN 998877"), resolve_preset("study", 64))
     assert _magenta_ish(rgb) > 0
+
+
+def test_redaction_without_a_map_location_fails_when_the_config_loads(tmp_path):
+    from thyro.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("score:\n  redact_paths: true\n")
+    with pytest.raises(ConfigError, match="path_map_uri") as e:
+        load_config(cfg)
+    assert str(cfg) in str(e.value)  # names the file
+    assert load_config(None, [{"score": {"redact_paths": True, "path_map_uri": "s3://vault/maps"}}]).score.redact_paths
