@@ -100,6 +100,10 @@ class DemoResult:
     archive_auc: float
     scores_local: str
     seconds: dict
+    cam_in_field: pd.DataFrame
+    faithfulness: pd.DataFrame
+    zero_maps: pd.DataFrame
+    archive_cam_in_field: float
 
 
 def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, int] = (160, 40),
@@ -153,31 +157,55 @@ def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, in
     scored = rows[rows.status == "ok"].merge(truth.dropna(), on="rel")
     auc = float(roc_auc_score(scored["truth"] == "malignant", scored["prob_malignant"])) if len(scored) else float("nan")
     errors = rows.loc[rows.status == "error", ["rel", "error"]].sort_values("rel")
-    cam = pd.read_csv(os.path.join(exp.out, "cam_shape_tests.csv")) if os.path.exists(
-        os.path.join(exp.out, "cam_shape_tests.csv")) else pd.DataFrame()
+    def table(name: str) -> pd.DataFrame:
+        path = os.path.join(exp.out, name)
+        return pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
+
+    cam = table("cam_shape_tests.csv")
     times["total"] = time.perf_counter() - t0
     return DemoResult(out=out, report=exp.report, summary=exp.summary, cam_tests=cam, score_counts=res.counts,
-                      score_errors=errors, archive_auc=auc, scores_local=local, seconds=times)
+                      score_errors=errors, archive_auc=auc, scores_local=local, seconds=times,
+                      cam_in_field=table("cam_in_field.csv"), faithfulness=table("cam_faithfulness.csv"),
+                      zero_maps=table("cam_zero_maps.csv"),
+                      archive_cam_in_field=float(rows.loc[rows.status == "ok", "cam_in_field"].median())
+                      if "cam_in_field" in rows else float("nan"))
 
 
 def format_summary(r: DemoResult, reference: str) -> str:
     """The table the demo ends with: our phantom figures beside the study's."""
-    lines = ["", "Experiment on the phantom (mean over splits [bootstrap 95% CI]); the study's ResNet18 on "
-             "508 real images for scale, not a target:", ""]
+    lines = ["", "Experiment on the phantom: mean over splits [95% interval: Nadeau-Bengio corrected t, since splits "
+             "share patients]; the study's ResNet18 on 508 real images for scale, not a target:", ""]
     cols = list(STUDY)
     lines.append(f"  {'model':<10}" + "".join(f"{c:>22}" for c in cols))
     for _, s in r.summary.iterrows():
         lines.append(f"  {s['model']:<10}" + "".join(
             f"{s[c + '_mean']:>8.3f} [{s[c + '_ci_low']:.3f},{s[c + '_ci_high']:.3f}]" for c in cols))
     lines.append(f"  {'study':<10}" + "".join(f"{STUDY[c]:>22.3f}" for c in cols))
+    lines += ["", "Operating point chosen on held-back training patients (never the test set), measured on the test "
+              "sets; calibration error before -> after temperature scaling:"]
+    for _, s in r.summary.iterrows():
+        lines.append(f"  {s['model']:<10} sensitivity {s.get('sensitivity_at_target_sensitivity_mean', float('nan')):.3f}"
+                     f"  specificity {s['specificity_at_target_sensitivity_mean']:.3f}"
+                     f"  (chosen on: {s.get('threshold_chosen_on', 'test')})   ECE {s['ece_mean']:.3f} -> "
+                     f"{s.get('ece_calibrated_mean', float('nan')):.3f}")
+    if len(r.cam_in_field):
+        lines += ["", "Grad-CAM (malignant log-odds) mass inside the scan field, median per model: " + ", ".join(
+            f"{m} {v:.3f}" for m, v in zip(r.cam_in_field["model"], r.cam_in_field["median"]))]
+    if len(r.faithfulness):
+        lines += ["Faithfulness (RISE; vs a random pixel order): " + "; ".join(
+            f"{f.model} deletion {f.deletion_ratio:.2f}x, insertion {f.insertion_ratio:.2f}x"
+            for f in r.faithfulness.itertuples())]
     if len(r.cam_tests):
         sig = r.cam_tests[r.cam_tests["p_holm"] < 0.05]
-        lines += ["", f"Grad-CAM region shape, benign vs malignant ({reference}, Mann-Whitney U, Holm): "
+        zero = ", ".join(f"{z['class']} {z['all_zero_maps_left_out']}/{z['maps']}" for _, z in r.zero_maps.iterrows())
+        lines += [f"Grad-CAM region shape, benign vs malignant ({reference}, Mann-Whitney U, Holm): "
                   f"{len(sig)} of {len(r.cam_tests)} features differ at P < 0.05"
-                  + (": " + ", ".join(f"{f} (p={p:.2g})" for f, p in zip(sig['feature'], sig['p_holm'])) if len(sig) else "")]
+                  + (": " + ", ".join(f"{f} (p={p:.2g})" for f, p in zip(sig['feature'], sig['p_holm'])) if len(sig) else "")
+                  + (f"; all-zero maps left out: {zero}" if zero else "")]
     c = r.score_counts
-    lines += ["", f"Score job: {c['discovered']} archive files -> {c['ok']} scored, {c['error']} error rows; "
-              f"AUC on the archive's new patients {r.archive_auc:.3f}"]
+    lines += ["", f"Score job: {c['discovered']} archive files -> {c['ok']} scored, {c['error']} error rows, "
+              f"{c.get('skipped', 0)} skipped; AUC on the archive's new patients {r.archive_auc:.3f}; "
+              f"median cam_in_field {r.archive_cam_in_field:.3f}"]
     lines += [f"  error row: {e.rel}: {e.error}" for e in r.score_errors.itertuples()]
     s = r.seconds
     lines += ["", f"Wall time: {s['total']:.0f}s (experiment {s['experiment']:.0f}s, score {s['score']:.0f}s)",

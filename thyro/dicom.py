@@ -183,7 +183,7 @@ def _syntax(ds: Dataset) -> str:
 
 def decode_dataset(data: bytes, name: str, frames, frame_step: int = 1, max_frames: int = 0):
     """(frames, regions, bits) of a DICOM file; see `thyro.decode.decode_image`."""
-    from pydicom.pixels import iter_pixels
+    from pydicom.pixels import pixel_array
 
     ds = _read(data, name)
     _refuse_non_images(ds, name)
@@ -204,7 +204,10 @@ def decode_dataset(data: bytes, name: str, frames, frame_step: int = 1, max_fram
     out = []
     try:
         # pydicom >= 3 converts YBR_FULL / YBR_FULL_422 / YBR_RCT / YBR_ICT to RGB (as_rgb=True default).
-        for i, a in zip(chosen, iter_pixels(ds, indices=chosen)):
+        # pixel_array(ds, index=...) rather than iter_pixels: the latter miscounts the bytes of an
+        # uncompressed YBR_FULL_422 multi-frame (subsampled chroma), as ultrasound scanners write it.
+        for i in chosen:
+            a = pixel_array(ds, index=i if n > 1 else None)
             out.append((i, to_rgb(_to_uint8(a, ds, bits, photometric))))
     except Exception as e:
         detail = " ".join(str(e).split())[:300]

@@ -309,7 +309,7 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
 _FILE_COLUMNS = ["file_id", "input_uri", "sha256", "frame", "status", "prob_malignant", "threshold", "model_id"]
 
 
-def file_rows(rows) -> "pa.Table":  # noqa: F821
+def file_rows(rows):
     """Prediction rows (any subset of whole files) -> one row per (file_id, model_id): frames
     scored, the max and mean probability over its ok rows, malignant if any is at the threshold,
     and how many rows each status has."""

@@ -253,6 +253,7 @@ def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFr
                   "gives maps twice as fine.</p>"]
     cif = cam_in_field_table(trials)
     if len(cif):
+        storage.write_bytes(storage.join(out, "cam_in_field.csv"), cif.to_csv(index=False).encode())
         parts += ["<h2>Does the map look at the anatomy? cam_in_field</h2>",
                   "<p>Share of each map's mass inside the scan field (the phantom's true field where known, "
                   "else the detected one); mass on borders, text, scales or letterbox padding counts as outside.</p>",
@@ -270,6 +271,7 @@ def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFr
     if sa is not None:
         per_image, tests, dropped = sa
         storage.write_bytes(storage.join(out, "cam_shape_tests.csv"), tests.to_csv(index=False).encode())
+        storage.write_bytes(storage.join(out, "cam_zero_maps.csv"), dropped.to_csv(index=False).encode())
         parts += ["<h2>Does the highlighted region's shape differ between benign and malignant?</h2>",
                   f"<p>{len(per_image)} test images (features averaged over the splits where each was a test image); "
                   "two-sided Mann-Whitney U per feature, rank-biserial effect size (positive: larger in malignant), "
