@@ -5,7 +5,7 @@
 Prints images/s of
   (a) the bare predictor: forward + Grad-CAM on preloaded tensors (the limit);
   (b) the full pipeline end to end (Ray Data: discover, read, decode, predict,
-      CAM, shape features, overlays, Parquet);
+      CAM, shape features, overlays as `--set score.overlays=...` says, Parquet);
   (c) a naive per-image loop (open, preprocess, model, CAM, write, one by one);
   (d) pytorch-grad-cam on the same batches as (a);
 and the driver's peak RSS scoring an archive of n and of scale x n images.
@@ -80,6 +80,8 @@ def main() -> None:
 
     from thyro.decode import read_image
     from thyro.predictor import Predictor
+    from thyro.scoring import prepare
+    from thyro.sources import Item
 
     tmp = tempfile.mkdtemp(prefix="thyro-bench-")
     try:
@@ -87,7 +89,7 @@ def main() -> None:
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(archive) for f in fs)
         p = Predictor(args.model, cam_size=56, precision=args.precision)
         sets = [f"score.precision={args.precision}", *args.set]
-        batches = [p.preprocess([read_image(f) for f in files[i:i + args.batch]])
+        batches = [torch.from_numpy(np.stack([prepare(Item(f), p.preset)[0]["pixels"] for f in files[i:i + args.batch]]))
                    for i in range(0, min(len(files), 8 * args.batch), args.batch)]
         p.predict_tensor(batches[0])  # warm-up
         t = time.perf_counter()
@@ -106,19 +108,25 @@ def main() -> None:
             d = sum(len(x) for x in batches) / (time.perf_counter() - t)
 
         # The pipeline's work besides the model (decode + preprocess, shape
-        # features, overlay PNG), timed on one core. On a CPU-only node it
-        # shares the cores with the model, which bounds b/a below 1.
-        from thyro.scoring import cam_features, overlay_png, prepare
-        from thyro.sources import Item
+        # features, overlay as configured), timed on one core. On a CPU-only
+        # node it shares the cores with the model, which bounds b/a below 1.
         from thyro import storage
+        from thyro.config import load_config, parse_override
+        from thyro.geometry import Geometry, model_map_to_crop
+        from thyro.scoring import cam_features, overlay_image
+        sc = load_config(None, [parse_override(x) for x in sets]).score
         sample = files[:4 * args.batch]
-        cams = p.predict_tensor(batches[0])["cam"]
+        cams = p.predict_tensor(batches[0]).cam_model
         t = time.perf_counter()
         for i, f in enumerate(sample):
             row = prepare(Item(f), p.preset)[0]
-            cam = cams[i % len(cams)]
+            g = Geometry.from_dict(json.loads(row["geometry"]))
+            cam = model_map_to_crop(cams[i % len(cams)], g, 56)
             cam_features(cam)
-            storage.write_many({os.path.join(tmp, "extra", f"{i}.png"): overlay_png(row["pixels"], cam, p.preset)})
+            if sc.overlays == "all":
+                storage.write_many({os.path.join(tmp, "extra", f"{i}.img"): overlay_image(
+                    row["pixels"], cam, p.preset, g, fmt=sc.overlay_format, quality=sc.overlay_quality,
+                    max_side=sc.overlay_max_side)})
         extra_s = (time.perf_counter() - t) / len(sample)
         cores = os.cpu_count() or 1
         ceiling = 1 / (1 + a * extra_s / cores)
@@ -141,7 +149,7 @@ def main() -> None:
         b = args.n / one["seconds"]
         b_cold = args.n / (one["seconds"] + one["startup"])
         big = one if args.skip_10x else _pipeline(args.model, _archive(tmp, args.n * args.scale, args.size),
-                                                  os.path.join(tmp, "out10"), sets + ["score.overlays=false"])
+                                                  os.path.join(tmp, "out10"), sets + ["score.overlays=none"])
         print(f"settings: {args.set or 'defaults'}")
         print(f"(a) bare predictor, forward + CAM : {a:7.1f} img/s")
         print(f"(b) full pipeline, end to end     : {b:7.1f} img/s  ({args.n} images, {one['seconds']:.1f}s on a "

@@ -157,7 +157,7 @@ def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tin
     (src / "broken.png").write_bytes(b"nope")
     cfg_file = tmp_path / "cfg.yaml"
     import yaml
-    cfg_file.write_text(yaml.safe_dump({**SCORE, "score": {**SCORE["score"], "chunk_size": 10, "overlays": False},
+    cfg_file.write_text(yaml.safe_dump({**SCORE, "score": {**SCORE["score"], "chunk_size": 10, "overlays": "none"},
                                         "ray": {"address": ray_cluster}}))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.score", "--model", tiny_run, "--input", str(src), "--output", str(out),
@@ -177,3 +177,46 @@ def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tin
     final = _read_back(str(out))
     assert len(final) == 61 and not final.duplicated(["input_uri", "frame"]).any()
     assert res.counts["previously_scored"] == partial
+
+
+def test_cine_per_file_rows_redacted_paths_and_resume(ray_cluster, tiny_phantom, tiny_run, tmp_path):
+    from tests.test_score_units import cine_dicom
+
+    src = tmp_path / "DOE_JANE_1970"
+    src.mkdir()
+    df = pd.read_csv(tiny_phantom)
+    imgs = [np.asarray(Image.open(tiny_phantom.parent / p).convert("L")) for p in df.path[:30]]
+    (src / "cine.dcm").write_bytes(cine_dicom(np.stack([imgs[k % 30] for k in range(300)]), 0.01))
+    for i in range(3):
+        (src / f"{i}.png").write_bytes((tiny_phantom.parent / df.path[i]).read_bytes())
+    vault, out = tmp_path / "vault", tmp_path / "out"
+    cfg = load_config(None, [SCORE, {"score": {"max_frames": 10, "redact_paths": True, "path_map_uri": str(vault)}}])
+    res = run_score(cfg, tiny_run, str(src), str(out), log=lambda s: None)
+    rows = _read_back(str(out))
+    assert len(rows) == 13 and rows.input_uri.isna().all()
+    text = rows.drop(columns=["cam"]).astype(str)
+    assert not text.apply(lambda c: c.str.contains("DOE_JANE", regex=False)).any().any()
+    pmap = pd.read_parquet(vault)
+    rows = rows.drop(columns=["input_uri"]).merge(pmap[["row_id", "input_uri"]], on="row_id", how="left")
+    assert rows.input_uri.notna().all()
+    cine = rows[rows.input_uri.str.endswith("cine.dcm")]
+    assert len(cine) == 10 and np.allclose(cine.mm_per_pixel_x, 0.1) and cine.cam_area_mm2.notna().all()
+
+    def per_file():
+        f = pd.read_parquet(out / "files")
+        assert f.input_uri.isna().all() and len(f) == 4 and f.file_id.is_unique
+        c = f.set_index("file_id").loc[cine.file_id.iloc[0]]
+        assert c.n_frames == 10 and c.prob_malignant_max == pytest.approx(cine.prob_malignant.max())
+        assert c.prob_malignant_mean == pytest.approx(cine.prob_malignant.mean())
+
+    per_file()
+    assert res.counts["files"] == 4 and res.counts["ok"] == 13
+    # A kill after the rows but before their per-file rows: the rerun scores nothing again and
+    # writes the per-file rows from what is on storage, keyed without any path.
+    import shutil
+
+    shutil.rmtree(out / "files")
+    again = run_score(cfg, tiny_run, str(src), str(out), log=lambda s: None)
+    assert again.counts["previously_scored"] == 13 and again.counts["ok"] == 0 and again.counts["files"] == 4
+    assert len(_read_back(str(out))) == 13
+    per_file()

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -226,6 +226,10 @@ class ScoreConfig(_Section):
     # DICOM multi-frame: null scores the frame the model trained on (its preset's
     # `frame`); or the first, the middle, or all frames (`frame` column).
     frames: Optional[Literal["first", "middle", "all"]] = None
+    # With frames: all, a cine loop is sampled: every frame_step-th frame, then at
+    # most max_frames of those (0: no limit), evenly spaced, the first included.
+    frame_step: int = Field(1, ge=1)
+    max_frames: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
     # Inputs handed to Ray Data at a time, and at most this many MiB of inline
     # bytes (tar members): bounds the driver's memory. Each chunk is one
@@ -246,13 +250,36 @@ class ScoreConfig(_Section):
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     cam_size: int = Field(56, ge=8, le=512)
-    overlays: bool = True
+    # Overlays cost about as much as the model: all rows, only rows labelled malignant
+    # (error rows have no map), or none; bounded in size and lossy by default.
+    overlays: Literal["all", "errors_and_positives", "none"] = "all"
+    overlay_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    overlay_quality: int = Field(85, ge=1, le=100)
+    overlay_max_side: int = Field(256, ge=16)
     # Files with these extensions get a `skipped` row instead of an error row. A file
     # without an extension is never skipped on that account (DICOM files often have none).
     skip_extensions: list[str] = Field(default_factory=lambda: list(SIDE_FILE_EXTENSIONS))
     # Row ids and overlay names are hashes of the input URI (paths can carry
     # names); a secret salt also stops guessing them from a known path.
     hash_salt: str = ""
+    # Paths can carry patient names: with redact_paths the rows keep only the
+    # salted hashes, and the hash -> path map goes to path_map_uri (Parquet), a
+    # place the user names and guards apart from the results.
+    redact_paths: bool = False
+    path_map_uri: Optional[str] = None
+
+    @field_validator("overlays", mode="before")
+    @classmethod
+    def _overlays_bool(cls, v):
+        # Configs and saved runs from before the modes said true / false.
+        return {True: "all", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _path_map_needed(self):
+        if self.redact_paths and not self.path_map_uri:
+            raise ValueError("score.redact_paths is on but score.path_map_uri is not set: name where the "
+                             "row_id -> input_uri map goes (kept apart from the results)")
+        return self
 
 
 class StorageConfig(_Section):

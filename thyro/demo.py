@@ -211,6 +211,6 @@ def format_summary(r: DemoResult, reference: str) -> str:
     lines += ["", f"Wall time: {s['total']:.0f}s (experiment {s['experiment']:.0f}s, score {s['score']:.0f}s)",
               f"report:      {r.report}",
               f"experiment:  {r.out}/experiment/ (summary.csv, trials.parquet, runs/<model>/splitNN/ with model cards)",
-              f"scores:      {r.scores_local}/ (predictions/*.parquet, overlays/, run_manifest.json)",
+              f"scores:      {r.scores_local}/ (predictions/*.parquet, files/*.parquet, overlays/, run_manifest.json)",
               "Research software: not for diagnosis."]
     return "\n".join(lines)

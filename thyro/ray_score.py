@@ -8,11 +8,18 @@ Ray touchpoints around plain thyro code:
   small block of items each;
 - `_ScoreActor` (an actor pool) loads the saved run once per actor and runs
   forward + Grad-CAM in one pass, and nothing else;
-- `_finish` (CPU tasks) adds CAM shape features and writes the overlays;
+- `_finish` (CPU tasks) adds CAM shape features (in pixels, and in mm where the
+  DICOM gives the scale), writes the overlays, and with `redact_paths` the
+  row_id -> path map, dropping the path from the rows;
 - `write_parquet` streams the rows to `<output>/predictions/` as they come
-  (no materialised copy), `rows_per_file` rows a file.
-Resume: rows already in the output for the same model and the same content
-hash are skipped, so a killed job rerun ends with every input exactly once.
+  (no materialised copy), `rows_per_file` rows a file;
+- after each chunk, the driver reads back the rows that chunk wrote and adds
+  one row per input file to `<output>/files/` (a cine loop: max and mean over
+  its frames).
+Resume: rows already in the output for the same model, row id (salted hash of
+path, frame, pane) and content hash are skipped, so a killed job rerun ends
+with every input exactly once; the key needs no path, so it holds with
+redacted paths too.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -31,6 +39,8 @@ from thyro import storage
 from thyro.config import Config, config_to_dict
 
 PRED_DIR = "predictions"
+FILES_DIR = "files"
+OVERLAY_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 @functools.cache
@@ -38,16 +48,28 @@ def output_schema():
     """The Parquet schema, fixed: a chunk of only error rows must not change a column's type."""
     import pyarrow as pa
 
-    from thyro.scoring import CAM_FEATURES
+    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL
 
     f64, i64, s = pa.float64(), pa.int64(), pa.string()
-    fields = [("row_id", s), ("input_uri", s), ("frame", i64), ("pane", i64), ("sha256", s), ("status", s),
-              ("error", s), ("prob_malignant", f64), ("margin", f64), ("label", s), ("threshold", f64),
+    fields = [("row_id", s), ("file_id", s), ("input_uri", s), ("frame", i64), ("pane", i64), ("sha256", s),
+              ("status", s), ("error", s), ("prob_malignant", f64), ("margin", f64), ("label", s), ("threshold", f64),
               ("model_id", s), ("cam", pa.binary()), ("cam_height", i64), ("cam_width", i64), ("cam_target", s),
-              *[(f"cam_{k}", f64) for k in CAM_FEATURES], ("cam_in_field", f64),
+              *[(f"cam_{k}", f64) for k in CAM_FEATURES], *[(k, f64) for k in CAM_PHYSICAL], ("cam_in_field", f64),
               ("field_y0", i64), ("field_x0", i64), ("field_y1", i64), ("field_x1", i64), ("field_source", s),
+              ("mm_per_pixel_y", f64), ("mm_per_pixel_x", f64),
               ("overlay_uri", s), ("width", i64), ("height", i64), ("decode_ms", f64), ("infer_ms", f64)]
     return pa.schema(fields)
+
+
+@functools.cache
+def files_schema():
+    """One row per input file and model: a cine loop's frames summed up."""
+    import pyarrow as pa
+
+    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    return pa.schema([("file_id", s), ("input_uri", s), ("sha256", s), ("model_id", s), ("threshold", f64),
+                      ("n_frames", i64), ("n_rows", i64), ("n_ok", i64), ("n_error", i64), ("n_skipped", i64),
+                      ("prob_malignant_max", f64), ("prob_malignant_mean", f64), ("label_any", s)])
 
 
 @functools.cache
@@ -55,13 +77,16 @@ def _prep_schema():
     import pyarrow as pa
 
     s, i64, f64 = pa.string(), pa.int64(), pa.float64()
-    return pa.schema([("row_id", s), ("input_uri", s), ("frame", i64), ("pane", i64), ("sha256", s),
-                      ("status", s), ("error", s), ("pixels", pa.binary()), ("width", i64), ("height", i64),
-                      ("geometry", s), ("field_model", pa.binary()), ("decode_ms", f64)])
+    return pa.schema([("row_id", s), ("file_id", s), ("input_uri", s), ("frame", i64), ("pane", i64),
+                      ("sha256", s), ("status", s), ("error", s), ("pixels", pa.binary()), ("width", i64),
+                      ("height", i64), ("geometry", s), ("field_model", pa.binary()),
+                      ("mm_per_pixel_y", f64), ("mm_per_pixel_x", f64), ("decode_ms", f64)])
 
 
-def _score_key(input_uri: str, sha: str | None, frame: int, pane: int = 0) -> str:
-    return hashlib.sha1(f"{input_uri}|{sha}|{frame}|{pane}".encode()).hexdigest()
+def _score_key(row_id: str, sha: str | None) -> str:
+    # row_id already hashes path, frame and pane (salted): the key needs no path,
+    # so a run with redacted paths resumes as well.
+    return hashlib.sha1(f"{row_id}|{sha}".encode()).hexdigest()
 
 
 def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str]:
@@ -77,7 +102,7 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     keys: set[str] = set()
     for path in sorted(_parquet_files(d)):
         try:
-            t = pq.read_table(path, filesystem=fs, columns=["input_uri", "sha256", "frame", "pane", "model_id"])
+            t = pq.read_table(path, filesystem=fs, columns=["row_id", "sha256", "model_id"])
         except Exception:
             if quarantine:
                 import fsspec
@@ -86,10 +111,9 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
                 ffs.makedirs(root, exist_ok=True)
                 ffs.mv(path, f"{root}/{path.rsplit('/', 1)[-1]}")
             continue
-        cols = ("input_uri", "sha256", "frame", "pane", "model_id")
-        for u, s, f, p, m in zip(*(t.column(c).to_pylist() for c in cols)):
+        for r, s, m in zip(*(t.column(c).to_pylist() for c in ("row_id", "sha256", "model_id"))):
             if m == model_id:
-                keys.add(_score_key(u, s, f, p or 0))
+                keys.add(_score_key(r, s))
     return keys
 
 
@@ -188,23 +212,64 @@ class _ScoreActor:
         return table
 
 
-def _finish(table, output: str, overlays: bool, region: float, preset: dict, cam_size: int):
-    """Maps back to the original geometry, their shape features and cam_in_field, overlay PNGs;
+def prepare_block(items, preset, s, skip: set[str] = frozenset()):
+    """A block of discovered items (pyarrow: input_uri, data, error) -> decoded, preprocessed rows
+    (`_prep_schema`), without the rows whose key is in `skip`; never raises per input."""
+    import pyarrow as pa
+
+    from thyro.scoring import prepare
+    from thyro.sources import Item
+
+    out = []
+    for u, data, err in zip(*(items.column(c).to_pylist() for c in ("input_uri", "data", "error"))):
+        for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt, s.skip_extensions,
+                         s.frame_step, s.max_frames):
+            if _score_key(r["row_id"], r["sha256"]) in skip:
+                continue
+            px = r.pop("pixels")
+            r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
+            out.append(r)
+    return pa.Table.from_pylist(out, schema=_prep_schema())
+
+
+def _redact(text: str | None, uri: str) -> str | None:
+    """An error message without the path (a FileNotFoundError names it)."""
+    if not text:
+        return text
+    for part in sorted({uri, *uri.split("!")} - {""}, key=len, reverse=True):
+        text = text.replace(part, "<input>")
+    return text
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_size: int,
+            overlay_format: str = "jpeg", overlay_quality: int = 85, overlay_max_side: int = 256,
+            path_map_uri: str | None = None):
+    """Maps back to the original geometry, their shape features (pixels and mm) and cam_in_field,
+    overlays; with `path_map_uri`, the row_id -> path map written there and the paths dropped;
     drops the pixels; the fixed output schema."""
     import pyarrow as pa
 
     from thyro.geometry import Geometry, model_map_to_crop
     from thyro.predictor import cam_in_field
-    from thyro.scoring import CAM_FEATURES, cam_features, overlay_png
+    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_features, cam_physical, overlay_image
     from thyro.transforms import Preset
 
     p = Preset.from_dict(preset)
     batch = table.to_pydict()
     n = table.num_rows
-    extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], "cam_in_field", "cam_height",
-                                     "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
+    extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], *CAM_PHYSICAL, "cam_in_field",
+                                     "cam_height", "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
                                      "field_source", "overlay_uri")}
-    pngs = {}
+    files = {}
     for i in range(n):
         if batch["status"][i] != "ok":
             continue
@@ -218,19 +283,111 @@ def _finish(table, output: str, overlays: bool, region: float, preset: dict, cam
         extra["cam_height"][i], extra["cam_width"][i] = cam.shape
         for k, v in cam_features(cam, region).items():
             extra[k][i] = v
+        for k, v in cam_physical(cam, g, batch["mm_per_pixel_y"][i], batch["mm_per_pixel_x"][i], region).items():
+            extra[k][i] = v
         for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
             extra[k][i] = v
         extra["field_source"][i] = g.field_source
-        if overlays:
-            uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.png")
+        if overlays == "all" or (overlays == "errors_and_positives" and batch["label"][i] == "malignant"):
+            uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.{OVERLAY_EXT[overlay_format]}")
             img = np.frombuffer(batch["pixels"][i], np.float32).reshape(3, p.image_size, p.image_size)
-            pngs[uri] = overlay_png(img, cam, p, g)
+            files[uri] = overlay_image(img, cam, p, g, fmt=overlay_format, quality=overlay_quality,
+                                       max_side=overlay_max_side)
             extra["overlay_uri"][i] = uri
-    # Overlays land before their rows: a row never points at a missing file.
-    storage.write_many(pngs)
+    if path_map_uri and n:
+        files[storage.join(path_map_uri, f"part-{uuid.uuid4().hex}.parquet")] = _parquet_bytes(pa.table(
+            {k: pa.array(batch[k], pa.string()) for k in ("row_id", "file_id", "input_uri")}))
+        batch["error"] = [_redact(e, u) for e, u in zip(batch["error"], batch["input_uri"])]
+        batch["input_uri"] = [None] * n
+    # Overlays and the path map land before their rows: a row never points at a missing file.
+    storage.write_many(files)
     batch.update(extra)
     schema = output_schema()
     return pa.table({f.name: pa.array([_py(v) for v in batch[f.name]], type=f.type) for f in schema}, schema=schema)
+
+
+_FILE_COLUMNS = ["file_id", "input_uri", "sha256", "frame", "status", "prob_malignant", "threshold", "model_id"]
+
+
+def file_rows(rows):
+    """Prediction rows (any subset of whole files) -> one row per (file_id, model_id): frames
+    scored, the max and mean probability over its ok rows, malignant if any is at the threshold,
+    and how many rows each status has."""
+    import pyarrow as pa
+
+    df = rows.select(_FILE_COLUMNS).to_pandas()
+    out = []
+    for (fid, model), g in df.groupby(["file_id", "model_id"], sort=True, dropna=False):
+        ok = g[g.status == "ok"]
+        prob = ok.prob_malignant.dropna()
+        thr = g.threshold.dropna()
+        t = float(thr.iloc[0]) if len(thr) else None
+        out.append({"file_id": fid, "input_uri": g.input_uri.iloc[0], "sha256": g.sha256.dropna().iloc[0]
+                    if g.sha256.notna().any() else None, "model_id": model, "threshold": t,
+                    "n_frames": int(ok.frame.nunique()), "n_rows": len(g), "n_ok": len(ok),
+                    "n_error": int((g.status == "error").sum()), "n_skipped": int((g.status == "skipped").sum()),
+                    "prob_malignant_max": float(prob.max()) if len(prob) else None,
+                    "prob_malignant_mean": float(prob.mean()) if len(prob) else None,
+                    "label_any": None if not len(prob) or t is None else
+                    ("malignant" if (prob >= t).any() else "benign")})
+    return pa.Table.from_pylist(out, schema=files_schema())
+
+
+def _read_rows(pred_dir: str, paths, ids: set[str] | None = None, model_id: str | None = None):
+    """The per-file columns of `paths`, only rows of `ids` and `model_id` when given; files
+    written before `file_id` existed, or cut off by a kill, are passed over."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.pyarrow_filesystem(pred_dir)
+    parts = []
+    for path in sorted(paths):
+        try:
+            t = pq.read_table(path, filesystem=fs, columns=_FILE_COLUMNS)
+        except Exception:
+            continue
+        if ids is not None:
+            t = t.filter(pc.is_in(t.column("file_id"), value_set=pa.array(sorted(ids), pa.string())))
+        if model_id is not None:
+            t = t.filter(pc.equal(t.column("model_id"), model_id))
+        parts.append(t)
+    return pa.concat_tables(parts) if parts else None
+
+
+def _file_ids(pred_dir: str, paths, model_id: str) -> set[str]:
+    t = _read_rows(pred_dir, paths, model_id=model_id)
+    return set() if t is None else set(t.column("file_id").to_pylist())
+
+
+def _write_file_rows(output: str, rows) -> int:
+    """One Parquet file of per-file rows under `<output>/files/`; how many rows."""
+    if rows is None or rows.num_rows == 0:
+        return 0
+    t = file_rows(rows)
+    storage.write_many({storage.join(output, FILES_DIR, f"part-{uuid.uuid4().hex}.parquet"): _parquet_bytes(t)})
+    return t.num_rows
+
+
+def _summarised_ids(output: str, model_id: str) -> set[str]:
+    """file_ids that already have a per-file row; an unreadable part (a kill) is moved aside."""
+    import pyarrow.parquet as pq
+
+    d = storage.join(output, FILES_DIR)
+    fs, _ = storage.pyarrow_filesystem(d)
+    have: set[str] = set()
+    for path in sorted(_parquet_files(d)):
+        try:
+            t = pq.read_table(path, filesystem=fs, columns=["file_id", "model_id"])
+        except Exception:
+            import fsspec
+
+            ffs, root = fsspec.core.url_to_fs(storage.join(output, "_incomplete", FILES_DIR))
+            ffs.makedirs(root, exist_ok=True)
+            ffs.mv(path, f"{root}/{path.rsplit('/', 1)[-1]}")
+            continue
+        have |= {f for f, m in zip(*(t.column(c).to_pylist() for c in ("file_id", "model_id"))) if m == model_id}
+    return have
 
 
 @dataclass
@@ -248,16 +405,18 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     from thyro.checkpoint import load_card
     from thyro.modelcard import package_versions
     from thyro.ray_common import init_ray
-    from thyro.scoring import prepare
-    from thyro.sources import Item, discover
+    from thyro.sources import discover
     from thyro.transforms import Preset
 
     t0 = time.perf_counter()
-    init_ray(cfg)
     s = cfg.score
+    if s.redact_paths and not s.path_map_uri:  # the config refuses this too; checked before any Ray work
+        raise ValueError("score.redact_paths is on but score.path_map_uri is not set")
+    init_ray(cfg)
     output = storage.absolute(output)
     input_uri = storage.absolute(input_uri)
     model = storage.absolute(model)
+    path_map = storage.absolute(s.path_map_uri) if s.redact_paths else None
     card = load_card(model)
     model_id = card.get("model_id") or card["name"]
     preset = Preset.from_dict(card["inputs"]["preprocessing"])
@@ -269,26 +428,20 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
 
     def prep(items):
         """A block of items -> a block of decoded, preprocessed rows (never raises per input)."""
-        import pyarrow as pa
-
         storage.configure(endpoint, region)  # this worker may not have the job's env
-        skip = ray.get(done_ref)
-        out = []
-        for u, data, err in zip(*(items.column(c).to_pylist() for c in ("input_uri", "data", "error"))):
-            for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt, s.skip_extensions):
-                if _score_key(r["input_uri"], r["sha256"], r["frame"], r["pane"]) in skip:
-                    continue
-                px = r.pop("pixels")
-                r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
-                out.append(r)
-        return pa.Table.from_pylist(out, schema=_prep_schema())
+        return prepare_block(items, preset, s, ray.get(done_ref))
 
     pred_dir = storage.join(output, PRED_DIR)
     fs, pred_path = storage.pyarrow_filesystem(pred_dir)
-    counts = {"discovered": 0, "ok": 0, "error": 0, "skipped": 0, "previously_scored": len(done)}
+    prior = _parquet_files(pred_dir)
+    # On a resumed run a file's frames can lie in earlier files as well: its per-file row counts them.
+    prior_ids = _file_ids(pred_dir, prior, model_id) if done else set()
+    counts = {"discovered": 0, "ok": 0, "error": 0, "skipped": 0, "files": 0, "previously_scored": len(done)}
     actor_args = {"run": model, "cfg_dict": config_to_dict(cfg)}
     finish_args = {"output": output, "overlays": s.overlays, "region": cfg.cam.region_threshold,
-                   "preset": preset.to_dict(), "cam_size": s.cam_size}
+                   "preset": preset.to_dict(), "cam_size": s.cam_size, "overlay_format": s.overlay_format,
+                   "overlay_quality": s.overlay_quality, "overlay_max_side": s.overlay_max_side,
+                   "path_map_uri": path_map}
 
     # Decoding a frame takes memory a GPU actor's node should not have to find
     # at once; the differing request is also what keeps Ray Data from fusing
@@ -311,11 +464,28 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
                             **cpu_task_args)
         ds.write_parquet(pred_path, filesystem=fs, min_rows_per_file=s.rows_per_file)
-        written = _status_counts(pred_dir, _parquet_files(pred_dir) - before)
+        new = _parquet_files(pred_dir) - before
+        written = _status_counts(pred_dir, new)
         for status, k in written.items():
             counts[status] = counts.get(status, 0) + k
+        # Every frame of an input is in the chunk that discovered it: the chunk's own files (plus,
+        # resuming, earlier rows of the same inputs) hold whole files, so memory stays one chunk's.
+        rows = _read_rows(pred_dir, new, model_id=model_id)
+        if rows is not None and prior_ids:
+            again = set(rows.column("file_id").to_pylist()) & prior_ids
+            if again:
+                import pyarrow as pa
+
+                rows = pa.concat_tables([rows, _read_rows(pred_dir, prior, again, model_id)])
+        counts["files"] += _write_file_rows(output, rows)
         log(f"chunk {chunk_no}: {len(chunk)} inputs, {sum(written.values())} rows written "
             f"in {time.perf_counter() - t_chunk:.1f}s")
+    if done:
+        # A run killed between a chunk's rows and its per-file rows left inputs with no per-file
+        # row (and none of their frames to score now): summarised here, from what is on storage.
+        missing = _file_ids(pred_dir, _parquet_files(pred_dir), model_id) - _summarised_ids(output, model_id)
+        if missing:
+            counts["files"] += _write_file_rows(output, _read_rows(pred_dir, _parquet_files(pred_dir), missing, model_id))
     manifest = {"model": model, "model_id": model_id, "input": input_uri, "output": output,
                 "counts": counts, "config": config_to_dict(cfg), "model_card": card,
                 "versions": package_versions(),

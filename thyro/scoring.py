@@ -21,6 +21,7 @@ from thyro.sources import Item, read_item
 from thyro.transforms import Preset, eval_tensor
 
 CAM_FEATURES = shape.FEATURES
+CAM_PHYSICAL = tuple(f"cam_{k}" for k in shape.PHYSICAL_FEATURES)
 
 
 def row_id(input_uri: str, frame: int, salt: str = "", pane: int = 0) -> str:
@@ -29,9 +30,31 @@ def row_id(input_uri: str, frame: int, salt: str = "", pane: int = 0) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def file_id(input_uri: str, salt: str = "") -> str:
+    """The input file's id (all its frames and panes share it), as path-free as `row_id`."""
+    return hashlib.sha256(f"{salt}{input_uri}".encode()).hexdigest()[:24]
+
+
 def _status_row(input_uri: str, frame: int, status: str, error: str, sha: str | None = None) -> dict:
     return {"input_uri": input_uri, "frame": frame, "pane": 0, "sha256": sha, "status": status, "error": error,
-            "pixels": None, "width": None, "height": None, "geometry": None, "field_model": None}
+            "pixels": None, "width": None, "height": None, "geometry": None, "field_model": None,
+            "mm_per_pixel_y": None, "mm_per_pixel_x": None}
+
+
+def crop_mm_per_pixel(box, regions) -> tuple[float | None, float | None]:
+    """(mm per original pixel down, across) for a crop, from the DICOM's ultrasound regions.
+
+    The tissue regions that overlap the crop give the scale when they agree on it; a
+    crop over regions of different scales, or none in cm, has no single scale: (None, None).
+    """
+    y0, x0, y1, x1 = box
+    tissue = [r for r in regions or [] if getattr(r, "data_type", "") == "tissue"]
+    hits = {(r.mm_per_pixel_y, r.mm_per_pixel_x) for r in tissue
+            if r.box[0] < y1 and r.box[2] > y0 and r.box[1] < x1 and r.box[3] > x0}
+    if len(hits) != 1:
+        return None, None
+    (my, mx), = hits
+    return (my, mx) if my and mx else (None, None)
 
 
 def _error_row(input_uri: str, frame: int, error: str, sha: str | None = None) -> dict:
@@ -44,12 +67,14 @@ def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
 
 
 def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "",
-            skip_extensions=SIDE_FILE_EXTENSIONS) -> list[dict]:
+            skip_extensions=SIDE_FILE_EXTENSIONS, frame_step: int = 1, max_frames: int = 0) -> list[dict]:
     """Read and decode an item, crop each frame as the preset says, preprocess; errors become rows.
 
     One row per frame (and per pane with panes: each). `frames` None: the preset's frame, the one
-    the model trained on. A DICOMDIR, a non-image DICOM (SR, RT, presentation state) or a side file
-    (`skip_extensions`) is a `skipped` row, counted apart from errors.
+    the model trained on; "all" is sampled by `frame_step` and `max_frames` (`decode.select_frames`).
+    A DICOMDIR, a non-image DICOM (SR, RT, presentation state) or a side file
+    (`skip_extensions`) is a `skipped` row, counted apart from errors. Rows carry the crop's
+    mm per pixel where the DICOM's ultrasound regions give it.
     """
     from thyro.decode import NotAnImageError, decode_image
     from thyro.preprocess import crop_field
@@ -68,16 +93,19 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
         else:
             sha = hashlib.sha256(data).hexdigest()
             try:
-                decoded = decode_image(data, item.input_uri, frames or preset.frame)
+                policy = frames or preset.frame
+                sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
+                decoded = decode_image(data, item.input_uri, policy, **sampling)
                 rows = []
                 for i, img in decoded.frames:
                     for c in crop_field(img, preset, decoded.regions):
                         field = np.packbits(field_mask_on_input(c, preset, img))
+                        my, mx = crop_mm_per_pixel(c.box, decoded.regions)
                         rows.append({"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
                                      "status": "ok", "error": None, "pixels": eval_tensor(c.image, preset).numpy(),
                                      "height": int(img.shape[0]), "width": int(img.shape[1]),
                                      "geometry": json.dumps(c.geometry(preset).to_dict()),
-                                     "field_model": field.tobytes()})
+                                     "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
             except NotAnImageError as e:
                 rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
@@ -87,6 +115,7 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
     ms = (time.perf_counter() - t0) * 1000 / max(len(rows), 1)
     for r in rows:
         r["row_id"] = row_id(r["input_uri"], r["frame"], salt, r["pane"])
+        r["file_id"] = file_id(r["input_uri"], salt)
         r["decode_ms"] = ms
     return rows
 
@@ -104,29 +133,58 @@ def _jet_lut() -> np.ndarray:
 JET = _jet_lut()
 
 
-def overlay_png(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=None, alpha: float = 0.45) -> bytes:
+def overlay_image(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=None, alpha: float = 0.45,
+                  fmt: str = "png", quality: int = 85, max_side: int | None = None) -> bytes:
     """What the model saw (denormalised; the field crop, in its true aspect ratio, without the
-    letterbox padding) with the map over it as a jet heatmap. Nothing outside the crop is drawn:
-    a preset that crops to the field leaves the screen's text (names, IDs, dates) out."""
+    letterbox padding) with the map over it as a jet heatmap, encoded as `fmt` (png, jpeg,
+    webp; `quality` for the lossy two), at most `max_side` (default the model's input side) on
+    its long side. Nothing outside the crop is drawn: a preset that crops to the field leaves
+    the screen's text (names, IDs, dates) out."""
     from PIL import Image
 
     from thyro.geometry import model_map_to_crop
 
+    side = min(max_side or preset.image_size, preset.image_size)
     img = pixels.transpose(1, 2, 0) * np.asarray(preset.std, np.float32) + np.asarray(preset.mean, np.float32)
     img = np.clip(img, 0, 1)
     if geometry is not None:
-        chans = [model_map_to_crop(img[:, :, k], geometry, max_side=preset.image_size) for k in range(3)]
+        chans = [model_map_to_crop(img[:, :, k], geometry, max_side=side) for k in range(3)]
         img = np.clip(np.stack(chans, -1), 0, 1)
+    elif side < img.shape[0]:
+        img = np.asarray(Image.fromarray((img * 255 + 0.5).astype(np.uint8)).resize((side, side), Image.BILINEAR,
+                                                                                       reducing_gap=None)) / 255.0
     size = img.shape[:2]
     heat = Image.fromarray(np.clip(cam.astype(np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)).resize(
         size[::-1], Image.BILINEAR)
     rgb = JET[np.asarray(heat)].astype(np.float32) / 255
-    out = (1 - alpha) * img + alpha * rgb
+    out = Image.fromarray((((1 - alpha) * img + alpha * rgb) * 255 + 0.5).astype(np.uint8))
     buf = io.BytesIO()
-    # compress_level 1: a third of the encode time of the default for ~10% more bytes.
-    Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(buf, "PNG", compress_level=1)
+    if fmt == "png":
+        # compress_level 1: a third of the encode time of the default for ~10% more bytes.
+        out.save(buf, "PNG", compress_level=1)
+    elif fmt == "jpeg":
+        out.save(buf, "JPEG", quality=quality)
+    elif fmt == "webp":
+        out.save(buf, "WEBP", quality=quality, method=0)  # method 0: the fastest encoder
+    else:
+        raise ValueError(f"overlay format {fmt!r}: expected png, jpeg or webp")
     return buf.getvalue()
+
+
+def overlay_png(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=None, alpha: float = 0.45) -> bytes:
+    return overlay_image(pixels, cam, preset, geometry, alpha, fmt="png")
 
 
 def cam_features(cam: np.ndarray, threshold: float = 0.5) -> dict:
     return {f"cam_{k}": v for k, v in shape.region_features(cam.astype(np.float32), threshold).items()}
+
+
+def cam_physical(cam: np.ndarray, geometry, mm_per_pixel_y: float | None, mm_per_pixel_x: float | None,
+                 threshold: float = 0.5) -> dict:
+    """`shape.physical_features` of a map over the crop (`geometry.box`) of an image whose pixels are
+    mm_per_pixel_y x mm_per_pixel_x: one map pixel covers box_h / cam_h x box_w / cam_w of them."""
+    ch, cw = geometry.crop_shape
+    h, w = cam.shape
+    my = mm_per_pixel_y * ch / h if mm_per_pixel_y else None
+    mx = mm_per_pixel_x * cw / w if mm_per_pixel_x else None
+    return {f"cam_{k}": v for k, v in shape.physical_features(cam.astype(np.float32), threshold, my, mx).items()}

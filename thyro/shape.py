@@ -54,6 +54,39 @@ def region_features(cam: np.ndarray, threshold: float = 0.5) -> dict[str, float]
     }
 
 
+PHYSICAL_FEATURES = ("area_mm2", "perimeter_mm", "height_mm", "width_mm")
+
+
+def physical_features(cam: np.ndarray, threshold: float, mm_per_px_y: float | None,
+                      mm_per_px_x: float | None) -> dict[str, float]:
+    """The largest region of `region_features` in millimetres: area, perimeter and extent.
+
+    `mm_per_px_*` is the size of one pixel of `cam` itself (not of the image it was
+    computed from). Pixels may be anisotropic, so the perimeter is measured on the
+    region's outline scaled to mm, not as a pixel count. NaN when a scale is unknown
+    or the map is all zero.
+    """
+    nan = {k: float("nan") for k in PHYSICAL_FEATURES}
+    cam = np.asarray(cam, dtype=np.float32)
+    peak = float(cam.max()) if cam.size else 0.0
+    if peak <= 0 or not mm_per_px_y or not mm_per_px_x or not (mm_per_px_y > 0 and mm_per_px_x > 0):
+        return nan
+    labels = measure.label(cam >= threshold * peak, connectivity=2)
+    r = max(measure.regionprops(labels), key=lambda p: p.area)
+    from scipy import ndimage
+
+    # Holes filled: the outer outline is then the only one. At level 0.5 it runs
+    # between the region's pixel centres and its neighbours' (a k x k square: ~4k).
+    mask = np.pad(ndimage.binary_fill_holes(labels == r.label), 1).astype(np.float32)
+    perim = 0.0
+    for c in measure.find_contours(mask, 0.5):
+        d = np.diff(c, axis=0) * (mm_per_px_y, mm_per_px_x)
+        perim += float(np.hypot(d[:, 0], d[:, 1]).sum())
+    y0, x0, y1, x1 = r.bbox
+    return {"area_mm2": float(r.area) * mm_per_px_y * mm_per_px_x, "perimeter_mm": perim,
+            "height_mm": (y1 - y0) * mm_per_px_y, "width_mm": (x1 - x0) * mm_per_px_x}
+
+
 def holm(p_values) -> np.ndarray:
     """Holm-Bonferroni step-down adjusted p-values (same order as given)."""
     p = np.asarray(p_values, dtype=float)
