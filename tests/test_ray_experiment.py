@@ -21,10 +21,12 @@ SETTINGS = {
     "preprocess": {"image_size": 64},
     "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
     "split": {"n_repeats": 3},
-    "eval": {"bootstrap": 20},
     "experiment": {"models": ["resnet18", "alexnet"], "splits": [0, 1], "cam_size": 16,
                    "cam_grid_per_class": 2},
     "ray": {"cpus_per_worker": 0.99, "max_concurrent_trials": 2, "max_failures": 0},
+    # not the defaults: the trial must pass every CAM setting through to its analysis
+    "cam": {"target": "benign", "faithfulness_images": 4, "faithfulness_steps": 4},
+    "eval": {"bootstrap": 20, "calibration_fraction": 0.25},
 }
 
 
@@ -51,6 +53,8 @@ def test_smoke_writes_summary_trials_runs_and_report_to_s3(s3_experiment):
     assert sorted(zip(trials.model, trials.split)) == [("alexnet", 0), ("alexnet", 1), ("resnet18", 0), ("resnet18", 1)]
     html = storage.read_bytes(storage.join(out, "report.html")).decode()
     assert html.count('src="data:image/png;base64,') >= 4  # ROC, calibration, CAM grid, shape plots
+    for section in ("cam_in_field", "Deletion and insertion", "corrected t interval", "all-zero maps"):
+        assert section in html
     assert "not for diagnosis" in html.lower()
     assert storage.exists(storage.join(out, "figures", "roc.png"))
 
@@ -62,7 +66,10 @@ def test_trial_runs_are_loadable_models_with_cam_analysis(s3_experiment):
     p = Predictor(rd, cam_size=8)
     assert p.card["split"]["repeat"] == 1
     feats = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(rd, "cam_features.csv"))))
-    assert {"circularity", "energy_inside", "pointing_hit"} <= set(feats.columns)
+    assert {"circularity", "energy_inside", "pointing_hit", "cam_in_field", "cam_zero"} <= set(feats.columns)
+    assert (feats.cam_target == 0).all()  # cam.target: benign reached the analysis
+    assert p.card["outputs"]["operating_point"]["chosen_on"] == "calibration"
+    assert storage.exists(storage.join(rd, "faithfulness.json"))
 
 
 def test_each_trial_used_its_patient_grouped_split(s3_experiment):
