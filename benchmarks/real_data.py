@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--table-only", action="store_true",
+                    help="train nothing: the table over the runs already complete in --out")
     ap.add_argument("--first-splits", type=int, default=None,
                     help="run only the first K splits of the --splits table (a cheaper ablation row)")
     ap.add_argument("--target-sensitivity", type=float, default=0.9)
@@ -86,6 +88,8 @@ def main() -> int:
                     "eval": {"bootstrap": 0, "calibration_fraction": 0.2,
                              "target_sensitivity": args.target_sensitivity}}
             cfg = load_config(None, [base, ARMS[arm]])
+            if args.table_only and not checkpoint.is_complete(run):
+                continue
             if not checkpoint.is_complete(run):
                 train_run(cfg, run, manifest=manifest, source=args.data, splits=splits, log=lambda s: None)
             m = json.loads(open(os.path.join(run, "metrics.json")).read())
@@ -100,6 +104,8 @@ def main() -> int:
                         "n_train": card["split"]["n_train"], "n_test": card["split"]["n_test"]})
             print(f"  {arm:<8} split {k}: AUC {m['auc']:.3f}  spec {t['specificity']:.3f} at sens "
                   f"{t['sensitivity']:.3f}  median cam_in_field {np.nanmedian(per[-1]['cif']):.3f}", flush=True)
+        if not per:
+            continue
         aucs = [p["auc"] for p in per]
         lo, hi = corrected_interval(aucs, int(np.mean([p["n_train"] for p in per])),
                                     int(np.mean([p["n_test"] for p in per])))
