@@ -49,6 +49,7 @@ def main() -> int:
     ap.add_argument("--first-splits", type=int, default=None,
                     help="run only the first K splits of the --splits table (a cheaper ablation row)")
     ap.add_argument("--target-sensitivity", type=float, default=0.9)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     args = ap.parse_args()
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
@@ -63,7 +64,7 @@ def main() -> int:
     from thyro.splits import make_splits
     from thyro.training import train_run
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "manifest.parquet")
     if os.path.exists(cache):
