@@ -56,8 +56,12 @@ def main() -> int:
     ap.add_argument("--shortcuts", type=float, default=1.0)
     ap.add_argument("--n", type=int, nargs=2, default=(415, 93), metavar=("BENIGN", "MALIGNANT"))
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     args = ap.parse_args()
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     from thyro import checkpoint, phantom
     from thyro.config import load_config
     from thyro.manifest import load_manifest
