@@ -14,7 +14,9 @@ from thyro.predictor import Predictor
 def run_dir(tiny_phantom, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     rc = main(["train", "--data", str(tiny_phantom), "--out", str(out), "--epochs", "1",
-               "--set", "preprocess.image_size=64", "--set", "eval.bootstrap=20", "--set", "train.batch_size=8"])
+               "--set", "preprocess.image_size=64", "--set", "eval.bootstrap=20", "--set", "train.batch_size=8",
+               # fp32 like the predictor's default, so its outputs must match to 1e-5
+               "--set", "train.precision=fp32", "--set", "train.channels_last=false"])
     assert rc == 0
     return out
 
@@ -31,7 +33,11 @@ def test_model_card_carries_what_a_reader_needs(run_dir):
     card = json.loads((run_dir / "metadata.json").read_text())
     assert "not for diagnosis" in card["intended_use"].lower()
     assert card["inputs"]["preprocessing"]["image_size"] == 64
-    assert card["outputs"]["classes"] == ["benign", "malignant"] and card["outputs"]["threshold"] == 0.5
+    assert card["inputs"]["preprocessing"]["name"] == "field-marks"  # the CLI read configs/default.yaml
+    assert card["outputs"]["classes"] == ["benign", "malignant"]
+    op = card["outputs"]["operating_point"]  # fitted on held-back training patients (configs/default.yaml)
+    assert op["chosen_on"] == "calibration" and card["outputs"]["threshold"] == op["threshold"]
+    assert card["split"]["n_calibration"] > 0 and card["outputs"]["temperature"] > 0
     assert card["split"]["leakage"]["shared_patients"] == 0 and card["split"]["n_test"] > 0
     assert {"torch", "torchvision", "python"} <= set(card["versions"])
     assert set(card["metrics"]) >= {"auc", "f1"}

@@ -5,13 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from thyro.config import ConfigError, load_config, parse_override
 from thyro.metrics import METRIC_NAMES
 
 
+# Without --config every command reads the checkout's configs/default.yaml (the README's
+# main job), so `thyro train` and `thyro experiment` do what the README says they do.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def default_config() -> str | None:
+    """configs/default.yaml of this checkout (or container image); None where thyro is installed
+    without it, and the library defaults apply."""
+    return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--config", default=default_config(),
+                   help=f"YAML config file (see configs/); default: {default_config() or 'the library defaults'}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.epochs=3 (repeatable)")
 

@@ -145,7 +145,7 @@ class EvalConfig(_Section):
     # Patients of the training part held back (grouped, stratified) to choose the
     # operating threshold at `target_sensitivity` and fit temperature scaling, so the
     # test set never chooses them. 0: none held back; the card keeps `threshold`.
-    calibration_fraction: float = Field(0.0, ge=0.0, le=0.5)
+    calibration_fraction: float = Field(0.2, ge=0.0, le=0.5)
     bootstrap: int = Field(1000, ge=0)
     batch_size: int = Field(64, ge=1)
 
