@@ -54,8 +54,10 @@ def test_predictor_reproduces_the_runs_test_predictions(run_dir, tiny_phantom):
     images = [read_image(str(tiny_phantom.parent / i)) for i in preds.image_id]
     out = p.predict(images)
     assert np.allclose(out["prob_malignant"], preds.prob_calibrated, atol=1e-5)
-    # maps over the crop the model saw, in its true aspect (the phantom is square: 16 x 16)
-    assert all(c.shape == (16, 16) and c.dtype == np.float16 for c in out["cam"])
+    # maps over the crop the model saw (the scan field), in its true aspect, 16 px on the long side
+    for cam, g in zip(out["cam"], out["geometry"]):
+        (h, w), (bh, bw) = cam.shape, g.crop_shape
+        assert cam.dtype == np.float16 and max(h, w) == 16 and abs(h / w - bh / bw) < 0.15
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
