@@ -26,7 +26,7 @@ def test_text_outside_the_field_does_not_change_the_model_input_by_one_pixel(kin
 def test_sector_corners_are_black_and_the_crop_is_the_field_box():
     img, (mask,) = _screen([BOX], "sector")
     img = _furniture(img, BOX)
-    c = crop_one(img, resolve_preset("field", 128))
+    c = crop_one(img, resolve_preset("field", 128, field="auto"))  # the field's box
     y0, x0, y1, x1 = c.box
     assert all(abs(a - b) <= 0.02 * 800 for a, b in zip(c.box, BOX))
     outside = ~c.field_mask
@@ -81,3 +81,14 @@ def test_dicom_regions_give_the_field_instead_of_the_image():
                               mm_per_pixel_x=None, mm_per_pixel_y=None)
     c = crop_one(img, resolve_preset("field", 96), [colour, region])
     assert c.box == (100, 200, 400, 600) and c.field_source == "dicom"
+
+
+def test_inscribed_crop_shows_no_fan_outline():
+    img, (mask,) = _screen([BOX], "sector")
+    c = crop_one(_furniture(img, BOX), resolve_preset("field", 96))  # field: inscribed
+    y0, x0, y1, x1 = c.box
+    # (practically) every pixel the model sees is on the fan: the detected outline errs outwards by < 1%
+    assert mask[y0:y1, x0:x1].mean() > 0.995 and c.field_mask.all()
+    # and for a linear field the inscribed rectangle is the field's own box (within 2 px)
+    lin, _ = _screen([BOX], "linear")
+    assert all(abs(a - b) <= 2 for a, b in zip(crop_one(lin, resolve_preset("field", 96)).box, BOX))

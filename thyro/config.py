@@ -78,7 +78,7 @@ class PreprocessConfig(_Section):
     preset: str = "study"
     image_size: Optional[int] = Field(None, ge=32, le=1024)
     resize: Optional[Literal["squash", "letterbox"]] = None
-    field: Optional[Literal["none", "auto"]] = None
+    field: Optional[Literal["none", "auto", "inscribed"]] = None
     panes: Optional[Literal["largest", "all", "each"]] = None
     suppress_marks: Optional[bool] = None
     # Multi-frame DICOM: the frame that trains, is scored by default and is shown in reports.

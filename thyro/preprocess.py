@@ -66,11 +66,18 @@ def crop_field(img: np.ndarray, p: Preset, regions=None) -> list[Cropped]:
         groups = [[f] for f in fields]
     out = []
     for k, group in enumerate(groups):
-        y0, x0, y1, x1 = box = _bbox([f.box for f in group])
-        mask = np.zeros((H, W), bool)
-        for f in group:
-            mask |= f.mask((H, W))
-        mask = mask[y0:y1, x0:x1]
+        masks = [f.mask((H, W)) for f in group]
+        if p.field == "inscribed":  # each pane's largest inner rectangle: no field outline left
+            from thyro.field import inscribed_box
+
+            boxes = [inscribed_box(m) for m in masks]
+            masks = [np.zeros((H, W), bool) for _ in boxes]
+            for m, (a, b, c, d) in zip(masks, boxes):
+                m[a:c, b:d] = True
+        else:
+            boxes = [f.box for f in group]
+        y0, x0, y1, x1 = box = _bbox(boxes)
+        mask = np.logical_or.reduce(masks)[y0:y1, x0:x1]
         crop = img[y0:y1, x0:x1].copy()
         crop[~mask] = 0  # text, scales and markers inside the box but outside the field: gone
         marks = 0

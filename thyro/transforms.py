@@ -35,8 +35,10 @@ class Preset:
     # "squash": Resize((S, S)) as the study did (distorts nodule geometry differently per
     # scanner); "letterbox": scale to fit, pad with black, aspect kept.
     resize: str = "squash"
-    # "none": the whole screen; "auto": crop to the scan field (DICOM ultrasound regions
-    # where present, else found in the image), black outside it.
+    # "none": the whole screen; "auto": crop to the scan field's box (DICOM ultrasound
+    # regions where present, else found in the image), black outside the field;
+    # "inscribed": the largest rectangle inside the field, so no field outline (a fan's
+    # black corners tell the probe, the scanner, the centre) reaches the model.
     field: str = "none"
     # Multi-pane screens: the "largest" pane, or "all" panes (their bounding box, black between).
     panes: str = "largest"
@@ -70,14 +72,14 @@ PRESETS: dict[str, Preset] = {
     # Inception v3 is defined at 299 px.
     "study-299": Preset("study-299", image_size=299),
     # The ablation's steps towards `robust` (benchmarks/real_data.py).
-    "field": Preset("field", resize="letterbox", field="auto"),
-    "field-marks": Preset("field-marks", resize="letterbox", field="auto", suppress_marks=True),
+    "field": Preset("field", resize="letterbox", field="inscribed"),
+    "field-marks": Preset("field-marks", resize="letterbox", field="inscribed", suppress_marks=True),
     # Chosen by the real-data ablation (README, "Real ultrasound").
-    "robust": Preset("robust", resize="letterbox", field="auto", suppress_marks=True, augment="robust",
+    "robust": Preset("robust", resize="letterbox", field="inscribed", suppress_marks=True, augment="robust",
                      rotation_degrees=10.0, crop_scale=0.6, intensity=0.3, speckle=0.15),
 }
 
-_CHOICES = {"resize": ("squash", "letterbox"), "field": ("none", "auto"), "panes": ("largest", "all", "each"),
+_CHOICES = {"resize": ("squash", "letterbox"), "field": ("none", "auto", "inscribed"), "panes": ("largest", "all", "each"),
             "frame": ("first", "middle"), "augment": ("study", "robust")}
 
 
