@@ -89,6 +89,7 @@ def test_inscribed_crop_shows_no_fan_outline():
     y0, x0, y1, x1 = c.box
     # (practically) every pixel the model sees is on the fan: the detected outline errs outwards by < 1%
     assert mask[y0:y1, x0:x1].mean() > 0.995 and c.field_mask.all()
-    # and for a linear field the inscribed rectangle is the field's own box (within 2 px)
+    # and for a linear field the inscribed rectangle is the field's own box (within 2% of the side,
+    # the detector's tolerance)
     lin, _ = _screen([BOX], "linear")
-    assert all(abs(a - b) <= 2 for a, b in zip(crop_one(lin, resolve_preset("field", 96)).box, BOX))
+    assert all(abs(a - b) <= 0.02 * 800 for a, b in zip(crop_one(lin, resolve_preset("field", 96)).box, BOX))
