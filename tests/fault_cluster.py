@@ -1,0 +1,308 @@
+"""Fault scenarios on a multi-node Ray cluster on this machine (run by tests/test_faults.py).
+
+A head with no CPUs and two 1-CPU worker raylets (ray.cluster_utils.Cluster, as
+Ray's own fault-tolerance tests use), so every trial, task and actor runs on a
+worker node that can be taken away. Runs in its own process: ray.init is
+process-global and pytest's session already holds the shared cluster.
+
+    python tests/fault_cluster.py WORKDIR [scenario ...]   -> WORKDIR/results.json
+
+Scenarios: experiment (node lost mid-trial), score (node lost mid-archive),
+s3 (object storage outage mid-score), failing_trial (a trial that raises).
+Each records what it measured; the test file asserts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ.pop("RAY_ADDRESS", None)  # never the pytest session's cluster
+for _k, _v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ[_k] = _v
+
+EXPERIMENT = {
+    "name": "faults", "preprocess": {"image_size": 64},
+    "train": {"epochs": 2, "batch_size": 8, "precision": "fp32"},
+    "split": {"n_repeats": 2}, "eval": {"bootstrap": 0},
+    "experiment": {"models": ["resnet18"], "splits": [0, 1], "cam_analysis": False},
+    "ray": {"cpus_per_worker": 0.99, "max_concurrent_trials": 2, "max_failures": 1},
+}
+SCORE = {"score": {"batch_size": 4, "cam_size": 16, "actors": 1, "cpus_per_actor": 0.5, "cpus_per_task": 0.5,
+                   "chunk_size": 8, "overlays": False, "rows_per_file": 1}}
+N_INPUTS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """The cluster, and worker nodes to lose and to add."""
+
+    def __init__(self, work: Path):
+        from ray.cluster_utils import Cluster
+
+        self.work = work
+        self.temp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")  # short: raylet socket paths
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "port": _free_port(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": _free_port(), "temp_dir": self.temp, "node_ip_address": "127.0.0.1"})
+        self.add(), self.add()
+        import ray
+
+        ray.init(address=self.cluster.address, logging_level="ERROR")
+        self.cluster.wait_for_nodes()
+
+    def add(self):
+        return self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", temp_dir=self.temp)
+
+    def kill_node_of(self, class_name: str, timeout: float = 240, ready=lambda: True) -> dict:
+        """Wait for an alive actor of `class_name` (and `ready()`), SIGKILL its raylet and every
+        process on that node, and add a fresh node in its place (as a replacement spot instance)."""
+        from ray.util.state import list_actors
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+                     if class_name in a.class_name]
+            if alive and ready():
+                node_id = alive[0].node_id
+                for node in list(self.cluster.worker_nodes):
+                    if node.node_id == node_id:
+                        self.cluster.remove_node(node, allow_graceful=False)
+                        self.add()
+                        return {"killed_at": time.time(), "actor": alive[0].class_name}
+                raise RuntimeError(f"{class_name} runs on node {node_id}, which is not a worker node")
+            time.sleep(0.3)
+        raise TimeoutError(f"no alive {class_name} within {timeout}s")
+
+    def close(self):
+        import ray
+
+        ray.shutdown()
+        self.cluster.shutdown()
+
+
+def _in_thread(fn):
+    """Run fn() in a thread; returns (thread, box) with box['result'] or box['error']."""
+    box: dict = {}
+
+    def go():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # recorded, the scenario decides
+            box["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t, box
+
+
+def _cfg(*layers):
+    from thyro.config import load_config
+
+    return load_config(None, list(layers))
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+def experiment(lab: Lab, ctx: dict) -> dict:
+    """A worker node running a trial is lost mid-training; a replacement node joins."""
+    from thyro import checkpoint
+    from thyro.ray_experiment import run_dir, run_experiment
+
+    cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}})
+    t0 = time.time()
+    clean = run_experiment(cfg, str(lab.work / "exp_clean"), log=lambda s: None)
+    clean_s = time.time() - t0
+    ctx["run"] = run_dir(clean.out, "resnet18", 0)
+
+    out = lab.work / "exp_fault"
+    t0 = time.time()
+    th, box = _in_thread(lambda: run_experiment(cfg, str(out), log=lambda s: None))
+    kill = lab.kill_node_of("RayTrainWorker")
+    time.sleep(0.5)
+    runs = {s: run_dir(str(out), "resnet18", s) for s in (0, 1)}
+    complete_at_kill = [s for s, r in runs.items() if checkpoint.is_complete(r)]
+    th.join(600)
+    if "error" in box:
+        raise box["error"]
+    res = box["result"]
+    cols = [c for c in clean.summary.columns if c.endswith(("_mean", "_sd", "_ci_low", "_ci_high"))]
+    diff = (res.summary[cols] - clean.summary[cols]).abs().max().max()
+    created = {s: checkpoint.load_card(r)["created"] for s, r in runs.items()}
+    return {"clean_seconds": clean_s, "seconds": time.time() - t0, "kill_after_s": kill["killed_at"] - t0,
+            "complete_at_kill": complete_at_kill, "all_complete": all(checkpoint.is_complete(r) for r in runs.values()),
+            "summary_max_abs_diff": float(diff), "n_summary_cols": len(cols),
+            "trials": sorted(map(list, zip(res.trials.model, res.trials.split.astype(int)))), "created": created}
+
+
+def _run(ctx: dict) -> str:
+    """A saved run to score: the clean experiment's, or one trained here (plain PyTorch) if it did not run."""
+    if "run" not in ctx:
+        from thyro.training import train_run
+
+        cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}, "train": {"epochs": 1}})
+        ctx["run"] = str(Path(ctx["phantom"]).parent.parent / "run")
+        train_run(cfg, ctx["run"], log=lambda s: None)
+    return ctx["run"]
+
+
+def _archive(ctx: dict, folder: Path) -> Path:
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(ctx["phantom"])
+    root = Path(ctx["phantom"]).parent
+    for i in range(N_INPUTS):
+        (folder / f"{i:03d}.png").write_bytes((root / df.path[i % len(df)]).read_bytes())
+    return folder
+
+
+def _rows(output: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(output / "predictions"), columns=["row_id", "input_uri", "frame", "status", "error",
+                                                                "prob_malignant"])
+    return t.to_pylist()
+
+
+def score(lab: Lab, ctx: dict) -> dict:
+    """A worker node running the predictor actor is lost mid-archive; a replacement node joins."""
+    from thyro.ray_score import run_score
+
+    src = _archive(ctx, lab.work / "archive")
+    _run(ctx)
+    cfg = _cfg(SCORE)
+    t0 = time.time()
+    run_score(cfg, ctx["run"], str(src), str(lab.work / "score_clean"), log=lambda s: None)
+    clean_s = time.time() - t0
+    out = lab.work / "score_fault"
+    t0 = time.time()
+    th, box = _in_thread(lambda: run_score(cfg, ctx["run"], str(src), str(out), log=lambda s: None))
+    pred = out / "predictions"
+    kill = lab.kill_node_of("MapWorker", ready=lambda: pred.exists() and any(pred.glob("*.parquet")))
+    files_at_kill = len(list(pred.glob("*.parquet")))
+    th.join(600)
+    if "error" in box:
+        raise box["error"]
+    return {"clean_seconds": clean_s, "seconds": time.time() - t0, "kill_after_s": kill["killed_at"] - t0,
+            "files_at_kill": files_at_kill, "inputs": N_INPUTS,
+            "clean": _rows(lab.work / "score_clean"), "fault": _rows(out), "counts": box["result"].counts}
+
+
+def s3(lab: Lab, ctx: dict) -> dict:
+    """The S3 endpoint (moto) holding the archive stops mid-score; started again on the same port."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from thyro.ray_score import run_score
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    src = _archive(ctx, lab.work / "archive")
+
+    def start():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        client = boto3.client("s3", endpoint_url=url)
+        client.create_bucket(Bucket="faults")  # moto's state does not survive a stop: put the archive back
+        for f in sorted(src.glob("*.png")):
+            client.put_object(Bucket="faults", Key=f"archive/{f.name}", Body=f.read_bytes())
+        return server
+
+    server = start()
+    _run(ctx)
+    cfg = _cfg(SCORE, {"storage": {"endpoint_url": url}})
+    out = lab.work / "score_s3"
+    pred = out / "predictions"
+    t0 = time.time()
+    th, box = _in_thread(lambda: run_score(cfg, ctx["run"], "s3://faults/archive", str(out), log=lambda s: None))
+    while not (pred.exists() and any(pred.glob("*.parquet"))) and th.is_alive():
+        time.sleep(0.1)
+    server.stop()
+    stopped_after = time.time() - t0
+    th.join(300)
+    outcome = {"outage_after_s": stopped_after, "first_run_s": time.time() - t0, "first_run_hung": th.is_alive(),
+               "first_run_error": None if "error" not in box else f"{type(box['error']).__name__}: {box['error']}"[:3000],
+               "first_run_counts": box["result"].counts if "result" in box else None,
+               "rows_after_outage": _rows(out) if pred.exists() else []}
+    server = start()
+    t1 = time.time()
+    try:
+        res = run_score(cfg, ctx["run"], "s3://faults/archive", str(out), log=lambda s: None)
+        outcome["rerun_counts"] = res.counts
+    finally:
+        server.stop()
+    outcome.update({"rerun_s": time.time() - t1, "rows": _rows(out), "endpoint": url, "inputs": N_INPUTS,
+                    "quarantined": sorted(p.name for p in (out / "_incomplete").glob("*")) if (out / "_incomplete").exists() else []})
+    return outcome
+
+
+def failing_trial(lab: Lab, ctx: dict) -> dict:
+    """One trial's worker raises on every attempt; the other must finish and be summarised."""
+    import pandas as pd
+
+    from thyro.ray_experiment import FAIL_TRIAL_ENV, ExperimentIncomplete, run_experiment
+
+    cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}})
+    out = lab.work / "exp_failing"
+    os.environ[FAIL_TRIAL_ENV] = "resnet18/1"
+    t0 = time.time()
+    try:
+        run_experiment(cfg, str(out), log=lambda s: None)
+        err, res = None, None
+    except ExperimentIncomplete as e:
+        err, res = str(e), e.result
+    finally:
+        os.environ.pop(FAIL_TRIAL_ENV)
+    seconds = time.time() - t0
+    trials = pd.read_parquet(out / "trials.parquet")
+    state = "".join(p.read_text() for p in (out / "ray" / "experiment").glob("experiment_state*.json"))
+    return {"seconds": seconds, "error": err, "failed": None if res is None else res.failed.to_dict("records"),
+            "trials": trials[["model", "split", "status", "error", "auc"]].to_dict("records"),
+            "summary": pd.read_csv(out / "summary.csv").to_dict("records"),
+            "report": (out / "report.html").read_text(), "experiment_state": state[-20000:]}
+
+
+SCENARIOS = {"experiment": experiment, "score": score, "s3": s3, "failing_trial": failing_trial}
+
+
+def main(work: str, names: list[str]) -> int:
+    from thyro import phantom
+
+    work_p = Path(work)
+    work_p.mkdir(parents=True, exist_ok=True)
+    ctx = {"phantom": str(phantom.generate(work_p / "phantom", n_benign=16, n_malignant=8, size=64, seed=3))}
+    t0 = time.time()
+    lab = Lab(work_p)
+    results: dict = {"cluster_start_s": time.time() - t0}
+    try:
+        for name in names or list(SCENARIOS):
+            t = time.time()
+            try:
+                results[name] = SCENARIOS[name](lab, ctx)
+            except BaseException:
+                results[name] = {"crashed": traceback.format_exc()[-4000:]}
+            results[name]["wall_s"] = time.time() - t
+            (work_p / "results.json").write_text(json.dumps(results, default=str))
+    finally:
+        lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
