@@ -47,7 +47,7 @@ EXPERIMENT = {
 }
 SCORE = {"score": {"batch_size": 4, "cam_size": 16, "actors": 1, "cpus_per_actor": 0.5, "cpus_per_task": 0.5,
                    "chunk_size": 8, "overlays": False, "rows_per_file": 1}}
-N_INPUTS = 16
+N_SCORE, N_S3 = 24, 16  # inputs: three chunks for the node loss (time to strike mid-archive), two for S3
 
 
 def _free_port() -> int:
@@ -79,25 +79,30 @@ class Lab:
     def add(self):
         return self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", temp_dir=self.temp)
 
-    def kill_node_of(self, class_name: str, timeout: float = 240, ready=lambda: True) -> dict:
-        """Wait for an alive actor of `class_name` (and `ready()`), SIGKILL its raylet and every
-        process on that node, and add a fresh node in its place (as a replacement spot instance)."""
+    def kill_node_of(self, class_name: str, ready=lambda: True, done=lambda: False, actor_wait: float = 240) -> dict:
+        """Once `ready()`, SIGKILL the raylet, and every process, of the worker node that runs an alive
+        `class_name` actor (looked for up to `actor_wait` s; else the first worker node, which runs
+        the job's tasks too), and add a fresh node in its place (a replacement spot instance)."""
         from ray.util.state import list_actors
 
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.time() + 300
+        while not ready():
+            if done() or time.time() > deadline:
+                raise TimeoutError(f"the job ended before the fault could be injected ({class_name})")
+            time.sleep(0.05)
+        node_id, deadline = None, time.time() + actor_wait
+        while node_id is None and time.time() < deadline and not done():
             alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
                      if class_name in a.class_name]
-            if alive and ready():
-                node_id = alive[0].node_id
-                for node in list(self.cluster.worker_nodes):
-                    if node.node_id == node_id:
-                        self.cluster.remove_node(node, allow_graceful=False)
-                        self.add()
-                        return {"killed_at": time.time(), "actor": alive[0].class_name}
-                raise RuntimeError(f"{class_name} runs on node {node_id}, which is not a worker node")
-            time.sleep(0.3)
-        raise TimeoutError(f"no alive {class_name} within {timeout}s")
+            node_id = alive[0].node_id if alive else None
+            if node_id is None:
+                time.sleep(0.2)
+        if done():
+            raise TimeoutError(f"the job ended before the fault could be injected ({class_name})")
+        nodes = sorted(self.cluster.worker_nodes, key=lambda n: n.node_id != node_id)
+        self.cluster.remove_node(nodes[0], allow_graceful=False)
+        self.add()
+        return {"killed_at": time.time(), "node_ran_actor": nodes[0].node_id == node_id}
 
     def leaked_placement_groups(self, remove: bool = True) -> list[dict]:
         """Placement groups still holding resources with no live actor in them (after every job ended).
@@ -178,7 +183,7 @@ def experiment(lab: Lab, ctx: dict) -> dict:
     out = lab.work / "exp_fault"
     t0 = time.time()
     th, box = _in_thread(lambda: run_experiment(cfg, str(out), log=lambda s: None))
-    kill = lab.kill_node_of("RayTrainWorker")
+    kill = lab.kill_node_of("RayTrainWorker", done=lambda: not th.is_alive())
     time.sleep(0.5)
     runs = {s: run_dir(str(out), "resnet18", s) for s in (0, 1)}
     complete_at_kill = [s for s, r in runs.items() if checkpoint.is_complete(r)]
@@ -207,13 +212,15 @@ def _run(ctx: dict) -> str:
     return ctx["run"]
 
 
-def _archive(ctx: dict, folder: Path) -> Path:
+def _archive(ctx: dict, folder: Path, n: int) -> Path:
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
     df = pd.read_csv(ctx["phantom"])
     root = Path(ctx["phantom"]).parent
-    for i in range(N_INPUTS):
+    for f in folder.glob("*.png"):
+        f.unlink()
+    for i in range(n):
         (folder / f"{i:03d}.png").write_bytes((root / df.path[i % len(df)]).read_bytes())
     return folder
 
@@ -250,7 +257,7 @@ def score(lab: Lab, ctx: dict) -> dict:
     """A worker node running the predictor actor is lost mid-archive; a replacement node joins."""
     from thyro.ray_score import run_score
 
-    src = _archive(ctx, lab.work / "archive")
+    src = _archive(ctx, lab.work / "archive", N_SCORE)
     _run(ctx)
     cfg = _cfg(SCORE)
     t0 = time.time()
@@ -260,13 +267,15 @@ def score(lab: Lab, ctx: dict) -> dict:
     t0 = time.time()
     th, box = _in_thread(lambda: run_score(cfg, ctx["run"], str(src), str(out), log=lambda s: None))
     pred = out / "predictions"
-    kill = lab.kill_node_of("MapWorker", ready=lambda: pred.exists() and any(pred.glob("*.parquet")))
+    # the first rows are on disk: mid-archive; the predictor actor's node if it is found within 3 s
+    kill = lab.kill_node_of("MapWorker", ready=lambda: pred.exists() and any(pred.glob("*.parquet")),
+                            done=lambda: not th.is_alive(), actor_wait=3)
     files_at_kill = len(list(pred.glob("*.parquet")))
     th.join(600)
     if "error" in box:
         raise box["error"]
     return {"clean_seconds": clean_s, "seconds": time.time() - t0, "kill_after_s": kill["killed_at"] - t0,
-            "files_at_kill": files_at_kill, "inputs": N_INPUTS,
+            "files_at_kill": files_at_kill, "inputs": N_SCORE, "node_ran_actor": kill["node_ran_actor"],
             "clean": clean, "fault": _rows(out), "counts": box["result"].counts}
 
 
@@ -279,7 +288,7 @@ def s3(lab: Lab, ctx: dict) -> dict:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    src = _archive(ctx, lab.work / "archive")
+    src = _archive(ctx, lab.work / "archive_s3", N_S3)
 
     def start():
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -313,7 +322,7 @@ def s3(lab: Lab, ctx: dict) -> dict:
         outcome["rerun_counts"] = res.counts
     finally:
         server.stop()
-    outcome.update({"rerun_s": time.time() - t1, "rows": _rows(out), "endpoint": url, "inputs": N_INPUTS,
+    outcome.update({"rerun_s": time.time() - t1, "rows": _rows(out), "endpoint": url, "inputs": N_S3,
                     "quarantined": sorted(p.name for p in (out / "_incomplete").glob("*")) if (out / "_incomplete").exists() else []})
     return outcome
 

@@ -82,8 +82,10 @@ def _train_worker(config: dict) -> None:
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
 
-def _trial(config: dict) -> None:
-    """A Tune trial: drive one TorchTrainer, or report a run that is already complete."""
+def _trial(config: dict, fail_trial: str | None = None) -> None:
+    """A Tune trial: drive one TorchTrainer, or report a run that is already complete.
+    `fail_trial` comes with the trainable, not the config: a resumed experiment gets the
+    driver's current value, not the one saved in Tune's state."""
     import ray.tune
 
     cfg = Config.model_validate(config["cfg"])
@@ -101,7 +103,7 @@ def _trial(config: dict) -> None:
         _train_worker,
         {"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"], "splits": config["splits"],
          "source": config.get("source"), "cam_size": cfg.experiment.cam_size,
-         "cam_analysis": cfg.experiment.cam_analysis, "fail_trial": config.get("fail_trial")},
+         "cam_analysis": cfg.experiment.cam_analysis, "fail_trial": fail_trial},
         cfg, f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
         config["storage_path"], max_failures=0)  # Tune retries the whole trial, on any node
     trainer.fit()
@@ -163,7 +165,8 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
-    trainable = ray.tune.with_resources(_trial, {"cpu": cfg.ray.trial_driver_cpus})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV)),
+                                        {"cpu": cfg.ray.trial_driver_cpus})
     if Tuner.can_restore(state, storage_filesystem=fs):
         log(f"resuming the experiment in {storage.join(job.storage_path, EXPERIMENT_NAME)}: "
             "finished trials are not run again")
@@ -173,7 +176,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
             trainable,
             param_space={"model": ray.tune.grid_search(models), "repeat": ray.tune.grid_search(splits),
                          "cfg": config_to_dict(cfg), "out": out, "manifest": job.manifest, "splits": job.splits,
-                         "storage_path": job.storage_path, "fail_trial": os.environ.get(FAIL_TRIAL_ENV)},
+                         "storage_path": job.storage_path},
             tune_config=TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
             run_config=RunConfig(name=EXPERIMENT_NAME, storage_path=job.fs_path, storage_filesystem=fs,
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
