@@ -85,20 +85,36 @@ class Lab:
         the job's tasks too), and add a fresh node in its place (a replacement spot instance)."""
         from ray.util.state import list_actors
 
-        deadline = time.time() + 300
-        while not ready():
-            if done() or time.time() > deadline:
+        seen: dict = {}
+        stop = threading.Event()
+
+        def watch():  # the state API answers in seconds under load: look from the start, not at the moment
+            while not stop.is_set():
+                try:
+                    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000,
+                                                    raise_on_missing_output=False) if class_name in a.class_name]
+                except Exception:  # a slow state API: ask again
+                    alive = []
+                if alive:
+                    seen["node_id"] = alive[0].node_id
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            deadline = time.time() + 300
+            while not ready():
+                if done() or time.time() > deadline:
+                    raise TimeoutError(f"the job ended before the fault could be injected ({class_name})")
+                time.sleep(0.05)
+            deadline = time.time() + actor_wait
+            while "node_id" not in seen and time.time() < deadline and not done():
+                time.sleep(0.05)
+            if done():
                 raise TimeoutError(f"the job ended before the fault could be injected ({class_name})")
-            time.sleep(0.05)
-        node_id, deadline = None, time.time() + actor_wait
-        while node_id is None and time.time() < deadline and not done():
-            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
-                     if class_name in a.class_name]
-            node_id = alive[0].node_id if alive else None
-            if node_id is None:
-                time.sleep(0.2)
-        if done():
-            raise TimeoutError(f"the job ended before the fault could be injected ({class_name})")
+        finally:
+            stop.set()
+        node_id = seen.get("node_id")
         nodes = sorted(self.cluster.worker_nodes, key=lambda n: n.node_id != node_id)
         self.cluster.remove_node(nodes[0], allow_graceful=False)
         self.add()
