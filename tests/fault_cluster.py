@@ -67,8 +67,13 @@ class Lab:
         # Ray notes the newest cluster's address under its temp dir: ours, not the machine's /tmp/ray
         os.environ["RAY_TMPDIR"] = self.temp
         os.makedirs(os.path.join(self.temp, "ray"), exist_ok=True)
+        port = _free_port()
+        # Ray Train's placement-group cleaner asks the state API with no address; with another Ray
+        # instance on the machine (the session's cluster, other jobs) it cannot tell which one is
+        # meant and the group leaks. Every process of this cluster inherits the address.
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "gcs_server_port": _free_port(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "num_cpus": 0, "gcs_server_port": port, "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "dashboard_port": _free_port(), "temp_dir": self.temp, "node_ip_address": "127.0.0.1"})
         self.add(), self.add()
         import ray
