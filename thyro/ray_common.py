@@ -65,8 +65,14 @@ def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[st
     return JobPaths(out, m_uri, s_uri, storage_path, fs, path)
 
 
-def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage_path: str):
-    """A TorchTrainer whose every report reaches the enclosing Tune trial."""
+def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage_path: str,
+                 max_failures: int | None = None):
+    """A TorchTrainer whose every report reaches the enclosing Tune trial.
+
+    `max_failures`: restarts of the worker group (None: ray.max_failures). A job
+    whose Tune trials retry already passes 0, or every failure is retried
+    (max_failures + 1)^2 - 1 times, a deterministic error included.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -79,7 +85,8 @@ def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             failure_config=FailureConfig(
+                                 max_failures=r.max_failures if max_failures is None else max_failures),
                              callbacks=[TuneReportCallback()]),
     )
 

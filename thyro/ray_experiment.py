@@ -9,10 +9,17 @@ Ray touchpoints, around plain thyro code:
   reporter that forwards every epoch to Ray.
 Everything after the trials (statistics, report) reads the run folders, which
 are the source of truth, so a resumed experiment ends with the same summary.
+
+Failures: a trial whose node is lost or whose worker raises is retried by Tune
+(ray.max_failures, on any node that has room, one that joins later included);
+the Train run inside does not retry as well. A trial that still fails is
+recorded in trials.parquet, summary.csv and the report with its error, the
+others are summarised, and `run_experiment` raises `ExperimentIncomplete`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -26,6 +33,10 @@ from thyro.metrics import METRIC_NAMES
 from thyro.ray_common import job_setup, make_trainer, trial_setup, worker_setup
 
 EXPERIMENT_NAME = "experiment"
+# "model/split" (e.g. "resnet18/1"), read by the driver: that trial's Train worker
+# raises on every attempt. Fault tests use it to check that one failing trial is
+# retried, recorded, and does not take the experiment down.
+FAIL_TRIAL_ENV = "THYRO_INJECT_TRIAL_FAILURE"
 
 
 def run_dir(out: str, model: str, repeat: int) -> str:
@@ -48,6 +59,8 @@ def _train_worker(config: dict) -> None:
     manifest = read_parquet(config["manifest"])
     splits = read_parquet(config["splits"])
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
+    if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
+        raise RuntimeError(f"injected failure ({FAIL_TRIAL_ENV}={config['fail_trial']})")
 
     def on_epoch(epoch: int, rec: dict) -> None:
         ray.train.report({**tags, **rec})
@@ -69,8 +82,10 @@ def _train_worker(config: dict) -> None:
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
 
-def _trial(config: dict) -> None:
-    """A Tune trial: drive one TorchTrainer, or report a run that is already complete."""
+def _trial(config: dict, fail_trial: str | None = None) -> None:
+    """A Tune trial: drive one TorchTrainer, or report a run that is already complete.
+    `fail_trial` comes with the trainable, not the config: a resumed experiment gets the
+    driver's current value, not the one saved in Tune's state."""
     import ray.tune
 
     cfg = Config.model_validate(config["cfg"])
@@ -88,9 +103,9 @@ def _trial(config: dict) -> None:
         _train_worker,
         {"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"], "splits": config["splits"],
          "source": config.get("source"), "cam_size": cfg.experiment.cam_size,
-         "cam_analysis": cfg.experiment.cam_analysis},
+         "cam_analysis": cfg.experiment.cam_analysis, "fail_trial": fail_trial},
         cfg, f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
-        config["storage_path"])
+        config["storage_path"], max_failures=0)  # Tune retries the whole trial, on any node
     trainer.fit()
 
 
@@ -99,10 +114,39 @@ def _trial(config: dict) -> None:
 @dataclass
 class ExperimentResult:
     out: str
-    trials: pd.DataFrame
+    trials: pd.DataFrame    # complete trials (trials.parquet also lists the failed ones)
     summary: pd.DataFrame
     report: str
     seconds: float
+    failed: pd.DataFrame | None = None  # model, split, error: trials that did not complete
+
+
+class ExperimentIncomplete(RuntimeError):
+    """Some trials failed after their retries; the others are summarised in `result`."""
+
+    def __init__(self, message: str, result: ExperimentResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+def _error_text(err: BaseException | None) -> str:
+    """The root error of a failed trial, one line (Ray wraps it in a traceback per layer)."""
+    if err is None:
+        return "did not finish (no error recorded)"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the innermost "SomeError: message" line
+        head = ln.split(":", 1)[0]
+        if ":" in ln and head.replace(".", "").isidentifier() and head[:1].isupper():
+            return ln[:500]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def _trial_errors(grid) -> dict[tuple[str, int], str]:
+    errors = {}
+    for r in grid:
+        if r.error is not None and r.config:
+            errors[(r.config["model"], int(r.config["repeat"]))] = _error_text(r.error)
+    return errors
 
 
 def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) -> ExperimentResult:
@@ -110,7 +154,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
     from thyro.report import write_report
-    from thyro.summary import collect_trials, summarize
+    from thyro.summary import collect_trials, mark_failed, summarize
 
     t0 = time.perf_counter()
     job = job_setup(cfg, out, log)
@@ -121,7 +165,8 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
-    trainable = ray.tune.with_resources(_trial, {"cpu": cfg.ray.trial_driver_cpus})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV)),
+                                        {"cpu": cfg.ray.trial_driver_cpus})
     if Tuner.can_restore(state, storage_filesystem=fs):
         log(f"resuming the experiment in {storage.join(job.storage_path, EXPERIMENT_NAME)}: "
             "finished trials are not run again")
@@ -137,16 +182,29 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
         )
     log(f"experiment: {len(models)} models x {len(splits)} splits = {len(models) * len(splits)} trials -> {out}")
-    tuner.fit()
+    errors = _trial_errors(tuner.fit())
     missing = [(m, s) for m in models for s in splits if not checkpoint.is_complete(run_dir(out, m, s))]
-    if missing:
-        raise RuntimeError(f"experiment incomplete: {len(missing)} trial(s) did not finish, e.g. "
-                           f"{missing[0][0]} split {missing[0][1]}; run the same command again to resume")
+    if len(missing) == len(models) * len(splits):
+        raise ExperimentIncomplete(f"experiment incomplete: none of the {len(missing)} trials finished, e.g. "
+                                   f"{missing[0][0]} split {missing[0][1]}: {errors.get(missing[0], 'no error')}; "
+                                   "run the same command again to resume")
+    failed = pd.DataFrame([{"model": m, "split": s, "error": errors.get((m, s), _error_text(None))}
+                           for m, s in missing], columns=["model", "split", "error"])
     manifest = read_parquet(job.manifest)
-    trials = collect_trials(out, models, splits, run_dir)
-    summary = summarize(cfg, trials, out, run_dir)
-    write_parquet(storage.join(out, "trials.parquet"), trials)
+    trials = collect_trials(out, models, splits, run_dir, skip=set(missing))
+    summary = mark_failed(summarize(cfg, trials, out, run_dir), failed, models)
+    listed = pd.concat([trials.assign(status="complete", error=None), failed.assign(status="failed")],
+                       ignore_index=True) if len(failed) else trials.assign(status="complete", error=None)
+    write_parquet(storage.join(out, "trials.parquet"), listed)
     storage.write_bytes(storage.join(out, "summary.csv"), summary.to_csv(index=False).encode())
-    report = write_report(cfg, out, trials, summary, manifest)
-    return ExperimentResult(out=out, trials=trials, summary=summary, report=report,
-                            seconds=time.perf_counter() - t0)
+    report = write_report(cfg, out, trials, summary, manifest, failed=failed)
+    res = ExperimentResult(out=out, trials=trials, summary=summary, report=report,
+                           seconds=time.perf_counter() - t0, failed=failed)
+    if len(failed):
+        first = failed.iloc[0]
+        raise ExperimentIncomplete(
+            f"experiment incomplete: {len(failed)} of {len(models) * len(splits)} trial(s) failed after "
+            f"{cfg.ray.max_failures} retries, e.g. {first.model} split {first.split}: {first.error}; the others "
+            f"are summarised in {storage.join(out, 'summary.csv')} and the report marks the failed ones; "
+            "run the same command again to retry them", res)
+    return res

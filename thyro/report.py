@@ -196,12 +196,25 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return df.to_html(index=False, border=0, classes="t", float_format=lambda x: floatfmt.format(x), na_rep="—")
 
 
+def failed_trials_section(failed: pd.DataFrame | None, max_failures: int) -> list[str]:
+    """The trials that did not finish, with their errors: left out of every statistic above."""
+    if failed is None or not len(failed):
+        return []
+    return ["<h2>Failed trials</h2>",
+            f"<p class=warn>{len(failed)} trial(s) failed after {max_failures} retries and are left out of every "
+            "statistic in this report: the figures and intervals above use the splits that finished. Running the "
+            "same command again retries them.</p>", _table(failed[["model", "split", "error"]])]
+
+
 def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFrame,
-                 manifest: pd.DataFrame) -> str:
+                 manifest: pd.DataFrame, failed: pd.DataFrame | None = None) -> str:
     ref = cfg.experiment.reference_model
     rows = []
     for _, s in summary.iterrows():
         r = {"model": s["model"], "splits": int(s["n_splits"])}
+        if not s["n_splits"]:  # every trial of this model failed: see "Failed trials"
+            rows.append(r)
+            continue
         for k in SHOWN:
             r[k] = f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_sd']:.3f} [{s[f'{k}_ci_low']:.3f}, {s[f'{k}_ci_high']:.3f}]"
         pub = PUBLISHED.get(s["model"], {})
@@ -225,6 +238,7 @@ def write_report(cfg: Config, out: str, trials: pd.DataFrame, summary: pd.DataFr
                f"fixed threshold {cfg.eval.threshold} and no temperature was fitted.")
     parts = [f"<h1>thyro experiment: {html.escape(cfg.name)}</h1>",
              f"<p class=warn><b>{html.escape(INTENDED_USE)}</b></p>",
+             *failed_trials_section(failed, cfg.ray.max_failures),
              "<h2>Performance over splits</h2>",
              "<p>mean ± sd [95% interval] over the train/test splits; each split is a "
              f"stratified {1 - cfg.split.test_size:.0%}/{cfg.split.test_size:.0%} partition grouped by patient. "

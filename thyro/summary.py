@@ -26,10 +26,14 @@ METRICS = ("auc", "accuracy", "recall", "precision", "f1", "specificity")
 CI_METHOD = "Nadeau-Bengio corrected t interval"
 
 
-def collect_trials(out: str, models: list[str], splits: list[int], run_dir: Callable) -> pd.DataFrame:
+def collect_trials(out: str, models: list[str], splits: list[int], run_dir: Callable,
+                   skip: set[tuple[str, int]] = frozenset()) -> pd.DataFrame:
+    """One row per finished (model, split); `skip`: the (model, split) pairs that failed."""
     rows = []
     for model in models:
         for s in splits:
+            if (model, s) in skip:
+                continue
             rd = run_dir(out, model, s)
             m = json.loads(storage.read_bytes(storage.join(rd, "metrics.json")))
             card = checkpoint.load_card(rd)
@@ -62,10 +66,11 @@ def corrected_resampled_ttest(diffs, n_train: int, n_test: int) -> float:
 def delong_vs_reference(out: str, trials: pd.DataFrame, reference: str, run_dir: Callable) -> pd.DataFrame:
     """DeLong p-value of reference vs every other model, per split."""
     rows = []
+    have_ref = set(trials.loc[trials["model"] == reference, "split"])  # a failed reference trial has no predictions
     for model in trials["model"].unique():
         if model == reference:
             continue
-        for s in sorted(trials.loc[trials["model"] == model, "split"]):
+        for s in sorted(set(trials.loc[trials["model"] == model, "split"]) & have_ref):
             a = checkpoint.load_predictions(run_dir(out, reference, s))
             b = checkpoint.load_predictions(run_dir(out, model, s))
             j = a.merge(b, on=["image_id", "label"], suffixes=("_ref", "_model"))
@@ -101,8 +106,28 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
             row["delong_p_median"] = float(d["p"].median())
             row["delong_splits_p_lt_0.05"] = int((d["p"] < 0.05).sum())
             gm = trials[trials["model"] == ref].set_index("split")["auc"]
-            diffs = (gm.loc[g["split"]].to_numpy() - g["auc"].to_numpy())
-            row["auc_diff_vs_reference_mean"] = float(diffs.mean())
+            both = g[g["split"].isin(gm.index)]  # paired: splits where the reference trial also finished
+            diffs = (gm.loc[both["split"]].to_numpy() - both["auc"].to_numpy())
+            row["auc_diff_vs_reference_mean"] = float(diffs.mean()) if len(diffs) else float("nan")
             row["p_vs_reference_corrected_t"] = corrected_resampled_ttest(diffs, n_train, n_test)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def mark_failed(summary: pd.DataFrame, failed: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Adds n_failed and failed ("split S: error; ...") per model; a model none of whose
+    trials finished gets a row with n_splits 0 and no statistics, so it is not silently absent."""
+    summary = summary.copy()
+    if not len(failed):
+        summary["n_failed"] = 0
+        summary["failed"] = ""
+        return summary
+    missing = [m for m in models if m not in set(summary["model"])]
+    if missing:
+        summary = pd.concat([summary, pd.DataFrame({"model": missing, "n_splits": 0})], ignore_index=True)
+    by_model = failed.groupby("model")
+    summary["n_failed"] = [len(by_model.get_group(m)) if m in by_model.groups else 0 for m in summary["model"]]
+    summary["failed"] = ["; ".join(f"split {r.split}: {r.error}" for r in by_model.get_group(m).itertuples())
+                         if m in by_model.groups else "" for m in summary["model"]]
+    order = {m: i for i, m in enumerate(models)}
+    return summary.sort_values("model", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
