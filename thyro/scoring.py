@@ -61,6 +61,34 @@ def _error_row(input_uri: str, frame: int, error: str, sha: str | None = None) -
     return _status_row(input_uri, frame, "error", error, sha)
 
 
+# Transport failures: the object may be fine, the way to it is not. Names, because botocore,
+# aiobotocore and aiohttp each have their own classes (and s3fs wraps some of them).
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ConnectionError", "TimeoutError"}
+
+
+class StorageUnavailable(RuntimeError):
+    """Object storage could not be reached. Not an error row: the input is not at fault, and a row
+    would mark it done. The job stops, naming the endpoint; rerunning it resumes (nothing is lost)."""
+
+    def __init__(self, input_uri: str, cause: BaseException):
+        import os
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        super().__init__(f"object storage unreachable at {endpoint} while reading {input_uri} "
+                         f"({type(cause).__name__}: {cause}); rows written so far are kept: run the same "
+                         "command again once the endpoint answers")
+
+
+def storage_unreachable(e: BaseException) -> bool:
+    seen = 0
+    while e is not None and seen < 8:
+        if {c.__name__ for c in type(e).__mro__} & _UNREACHABLE:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
 def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
     name = input_uri.rsplit("/", 1)[-1].rsplit("!", 1)[-1].lower()
     return "." in name and name.endswith(tuple(extensions))
@@ -89,6 +117,8 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
         try:
             data = read_item(item)
         except Exception as e:  # unreadable object, vanished file, broken archive
+            if storage_unreachable(e):
+                raise StorageUnavailable(item.input_uri, e) from None
             rows = [_error_row(item.input_uri, 0, f"cannot read: {type(e).__name__}: {e}")]
         else:
             sha = hashlib.sha256(data).hexdigest()

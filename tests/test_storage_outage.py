@@ -1,0 +1,23 @@
+"""An unreachable object store stops the score job naming the endpoint; it is no input's fault."""
+
+import socket
+
+import pytest
+
+from thyro.scoring import StorageUnavailable, prepare
+from thyro.sources import Item
+from thyro.transforms import resolve_preset
+
+
+def test_unreachable_endpoint_raises_naming_it_instead_of_an_error_row(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{port}"):
+        prepare(Item("s3://bucket/scan.png"), resolve_preset("study", 32))
+    # a missing local file is the input's own fault: an error row, as before
+    assert prepare(Item("/nonexistent/scan.png"), resolve_preset("study", 32))[0]["status"] == "error"
