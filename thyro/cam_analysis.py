@@ -35,9 +35,9 @@ def _mask(path: str, shape_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _decode(path: str, frame: str):
-    from thyro.decode import decode_image
+    from thyro.decode import decode_image, read_source
 
-    d = decode_image(storage.read_bytes(path), path, frame)
+    d = decode_image(read_source(path), path, frame)
     return d.frames[0][1], d.regions
 
 

@@ -245,14 +245,18 @@ def decode(data: bytes, name: str, frame: Literal["first", "middle"] | int = "fi
     return decode_frames(data, name, frame, bit_depth=bit_depth)[0][1]
 
 
-def read_image(path: str, frame: Literal["first", "middle"] | int = "first") -> np.ndarray:
-    """Read a local path or fsspec URI and decode it."""
+def read_source(path: str) -> bytes:
+    """The bytes of a local path or fsspec URI; a missing file is a DecodeError naming it."""
     from thyro.storage import read_bytes
 
     try:
-        data = read_bytes(path)
+        return read_bytes(path)
     except FileNotFoundError:
         raise DecodeError(path, "file not found") from None
     except IsADirectoryError:
         raise DecodeError(path, "is a directory, not an image") from None
-    return decode(data, path, frame)
+
+
+def read_image(path: str, frame: Literal["first", "middle"] | int = "first") -> np.ndarray:
+    """Read a local path or fsspec URI and decode it."""
+    return decode(read_source(path), path, frame)

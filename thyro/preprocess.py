@@ -100,14 +100,7 @@ def crop_one(img: np.ndarray, p: Preset, regions=None) -> Cropped:
 
 def read_crop(path: str, p: Preset) -> Cropped:
     """Read a local path or URI, decode the preset's frame, crop as the preset says."""
-    from thyro.decode import DecodeError, decode_image
-    from thyro.storage import read_bytes
+    from thyro.decode import decode_image, read_source
 
-    try:
-        data = read_bytes(path)
-    except FileNotFoundError:
-        raise DecodeError(path, "file not found") from None
-    except IsADirectoryError:
-        raise DecodeError(path, "is a directory, not an image") from None
-    d = decode_image(data, path, p.frame)
+    d = decode_image(read_source(path), path, p.frame)
     return crop_one(d.frames[0][1], p, d.regions)
