@@ -64,7 +64,9 @@ def test_cine_rows_carry_its_mm_scale_and_cam_size_in_mm(scored, tmp_path):
     cine = rows[rows.input_uri.str.endswith("cine.dcm")]
     assert np.allclose(cine.mm_per_pixel_y, 0.1) and np.allclose(cine.mm_per_pixel_x, 0.1)
     # the map's region in mm = its relative area x the crop's area in mm^2 (96 x 96 px of 0.1 mm)
-    assert np.allclose(cine.cam_area_mm2, cine.cam_area * (9.6 * 9.6), rtol=1e-6)
+    # (an all-zero map has no region: NaN on both sides)
+    assert np.allclose(cine.cam_area_mm2, cine.cam_area * (9.6 * 9.6), rtol=1e-6, equal_nan=True)
+    assert cine.cam_area_mm2.isna().equals(cine.cam_area.isna())
     pngs = rows[rows.input_uri.str.endswith(".png") & (rows.status == "ok")]
     assert pngs.cam_area_mm2.isna().all() and pngs.cam_area.notna().all()
 
@@ -101,3 +103,18 @@ def test_redacted_rows_hold_no_path_and_the_map_joins_back(scored, tmp_path):
     assert joined.input_uri_y.notna().all() and len(pmap) == len(rows)
     original = scored["table"].select(["row_id", "input_uri"]).to_pandas()
     assert (joined.set_index("row_id").input_uri_y.sort_index() == original.set_index("row_id").input_uri.sort_index()).all()
+
+
+def test_optional_faithfulness_columns(scored, tiny_run):
+    """score.faithfulness_steps > 0: per-row deletion / insertion areas of the map and of a random order."""
+    cfg = load_config(None, [{"score": {"frames": "all", "max_frames": 2, "cam_size": 16, "threads": 1,
+                                        "faithfulness_steps": 4}}])
+    actor = _ScoreActor(tiny_run, config_to_dict(cfg))
+    items = pa.table({"input_uri": [str(scored["folder"] / "0.png"), str(scored["folder"] / "broken.png")],
+                      "data": [None, None], "error": [None, None]})
+    t = actor(prepare_block(items, actor.p.preset, cfg.score)).to_pandas()
+    ok, bad = t[t.status == "ok"].iloc[0], t[t.status == "error"].iloc[0]
+    zero = np.frombuffer(ok.cam, np.float16).max() == 0
+    for k in ("auc_deletion", "auc_insertion", "auc_deletion_random", "auc_insertion_random"):
+        assert np.isnan(ok[f"cam_{k}"]) if zero else 0 <= ok[f"cam_{k}"] <= 1
+        assert bad[f"cam_{k}"] is None or np.isnan(bad[f"cam_{k}"])

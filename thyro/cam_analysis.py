@@ -52,7 +52,7 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
                           cam_layer_name=cam.layer)
     p = predictor.preset
     feats, model_maps, geoms = [], [], []
-    faith_x, faith_maps, faith_targets = [], [], []
+    faith_x = []
     for i in range(0, len(rows), batch_size):
         chunk = rows.iloc[i:i + batch_size]
         decoded = [_decode(path, p.frame) for path in chunk["path"]]
@@ -63,8 +63,6 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
         out = predictor.predict_tensor(x)
         if len(faith_x) * batch_size < cam.faithfulness_images:
             faith_x.append(x)
-            faith_maps.append(torch.from_numpy(out.cam_model))
-            faith_targets.append(torch.from_numpy(out.target))
         for k, (image_id, r) in enumerate(chunk.iterrows()):
             c, (img, _) = crops[k], decoded[k]
             g = c.geometry(p)
@@ -93,35 +91,14 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
                         geometry=np.asarray([json.dumps(g) for g in geoms]))
     storage.write_bytes(storage.join(run, "cams.npz"), buf.getvalue())
     if faith_x:
-        faith = _faithfulness(predictor, torch.cat(faith_x)[:cam.faithfulness_images],
-                              torch.cat(faith_maps)[:cam.faithfulness_images],
-                              torch.cat(faith_targets)[:cam.faithfulness_images], cam.faithfulness_steps)
+        x = torch.cat(faith_x)[:cam.faithfulness_images]
+        out = predictor.predict_tensor(x)
+        c = predictor.faithfulness(x, out, cam.faithfulness_steps)
+        keep = ~np.isnan(c["auc_deletion"])
+        faith = {**(faithfulness.summarize(c, keep) if keep.any() else {"n_images": 0}),
+                 "steps": cam.faithfulness_steps, "fill": "image mean", "n_zero_maps_skipped": int((~keep).sum())}
         storage.write_bytes(storage.join(run, "faithfulness.json"), json.dumps(faith, indent=2).encode())
     return df
-
-
-def _faithfulness(predictor: Predictor, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                  steps: int) -> dict:
-    """Deletion / insertion of the maps' pixels against a random order (all-zero maps left out:
-    they give no order)."""
-    model, dev = predictor.model, predictor.device
-    dtype = torch.bfloat16 if predictor.precision == "bf16" else None
-    keep = maps.flatten(1).amax(1) > 0
-    if not keep.any():
-        return {"n_images": 0, "steps": steps, "n_zero_maps_skipped": int(len(keep))}
-    x, maps, targets = x[keep], maps[keep], targets[keep].to(dev)
-
-    @torch.no_grad()
-    def score(batch: torch.Tensor) -> torch.Tensor:  # one batch = every image, in order
-        from thyro.models import main_logits
-
-        with torch.autocast(device_type=dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = main_logits(model(batch.to(dev))).float()
-        return torch.softmax(logits, 1).gather(1, targets[:, None])[:, 0]
-
-    c = faithfulness.curves(score, x, maps, steps=steps, batch_size=len(x))
-    return {**faithfulness.summarize(c), "steps": steps, "fill": "image mean",
-            "n_zero_maps_skipped": int((~keep).sum())}
 
 
 def load_cams(run: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:

@@ -231,6 +231,9 @@ class ScoreConfig(_Section):
     frame_step: int = Field(1, ge=1)
     max_frames: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
+    # Deletion / insertion curves (RISE) per row with this many steps: 4 (steps + 1)
+    # extra forward passes per image. 0: off.
+    faithfulness_steps: int = Field(0, ge=0, le=256)
     # Inputs handed to Ray Data at a time, and at most this many MiB of inline
     # bytes (tar members): bounds the driver's memory. Each chunk is one
     # streaming Ray Data run, so larger chunks pay the actor start-up less often.

@@ -95,6 +95,34 @@ class Predictor:
         return Prediction(prob_malignant=prob, margin=margin, label=(prob >= self.threshold).astype(np.int64),
                           cam_model=out.cams.cpu().numpy().astype(np.float32), target=out.targets.cpu().numpy())
 
+    def faithfulness(self, x: torch.Tensor, out: Prediction, steps: int = 16) -> dict[str, np.ndarray]:
+        """Per-image deletion / insertion AUCs (RISE) of the maps in `out`, and of a random pixel
+        order; NaN for an all-zero map (it gives no order). The probability followed is the
+        explained class's, as the model outputs it."""
+        from thyro import faithfulness
+        from thyro.models import main_logits
+
+        n = len(x)
+        keep = out.cam_model.reshape(n, -1).max(1) > 0
+        res = {k: np.full(n, np.nan) for k in ("auc_deletion", "auc_insertion", "auc_deletion_random",
+                                               "auc_insertion_random")}
+        if not keep.any():
+            return res
+        dev, dtype = self.device, torch.bfloat16 if self.precision == "bf16" else None
+        targets = torch.from_numpy(out.target[keep]).to(dev)
+
+        @torch.no_grad()
+        def score(batch: torch.Tensor) -> torch.Tensor:  # one batch = every kept image, in order
+            with torch.autocast(device_type=dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = main_logits(self.model(batch.to(dev))).float()
+            return torch.softmax(logits, 1).gather(1, targets[:, None])[:, 0]
+
+        c = faithfulness.curves(score, x[torch.from_numpy(keep)], torch.from_numpy(out.cam_model[keep]),
+                                steps=steps, batch_size=int(keep.sum()))
+        for k in res:
+            res[k][keep] = c[k]
+        return res
+
     def predict_crops(self, crops: list[Cropped]) -> Prediction:
         return self.predict_tensor(preprocess_batch([c.image for c in crops], self.preset))
 

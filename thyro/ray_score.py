@@ -39,6 +39,8 @@ from thyro import storage
 from thyro.config import Config, config_to_dict
 
 PRED_DIR = "predictions"
+# score.faithfulness_steps > 0: per-row RISE areas, the map's order and a random one
+FAITHFULNESS_COLUMNS = ("auc_deletion", "auc_insertion", "auc_deletion_random", "auc_insertion_random")
 FILES_DIR = "files"
 OVERLAY_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -180,6 +182,7 @@ class _ScoreActor:
         torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // s.actors))
         self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size,
                            cam_target=cfg.cam.target, cam_layer_name=cfg.cam.layer)
+        self.faithfulness_steps = s.faithfulness_steps
 
     def __call__(self, table):
         import pyarrow as pa
@@ -189,6 +192,7 @@ class _ScoreActor:
         ok = [i for i, v in enumerate(table.column("status").to_pylist()) if v == "ok"]
         size = self.p.preset.image_size
         prob, margin, label, cam, target, ms = ([None] * n for _ in range(6))
+        faith = {k: [None] * n for k in FAITHFULNESS_COLUMNS}
         if ok:
             px = table.column("pixels").to_pylist()
             x = torch.from_numpy(np.stack([np.frombuffer(px[i], np.float32).reshape(3, size, size) for i in ok]))
@@ -202,12 +206,18 @@ class _ScoreActor:
                 cam[i] = out.cam_model[j].astype(np.float16).tobytes()  # model space; _finish maps it back
                 target[i] = "malignant" if out.target[j] == 1 else "benign"
                 ms[i] = per_image
+            if self.faithfulness_steps:
+                c = self.p.faithfulness(x, out, self.faithfulness_steps)
+                for k in FAITHFULNESS_COLUMNS:
+                    for j, i in enumerate(ok):
+                        faith[k][i] = None if np.isnan(c[k][j]) else float(c[k][j])
         for name, values, typ in (("prob_malignant", prob, pa.float64()), ("margin", margin, pa.float64()),
                                   ("label", label, pa.string()), ("cam", cam, pa.binary()),
                                   ("cam_target", target, pa.string()), ("infer_ms", ms, pa.float64()),
                                   ("threshold", [self.p.threshold] * n, pa.float64()),
                                   ("model_id", [self.p.model_id] * n, pa.string()),
-                                  ("cam_size", [self.p.cam_size] * n, pa.int64())):
+                                  ("cam_size", [self.p.cam_size] * n, pa.int64()),
+                                  *((f"cam_{k}", v, pa.float64()) for k, v in faith.items())):
             table = table.append_column(name, pa.array(values, type=typ))
         return table
 
