@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 
-ARMS = {"study": "study", "field-marks": "field-marks", "robust": "robust"}
+ARMS = {"study": "study", "field": "field", "field-marks": "field-marks", "robust": "robust"}
 
 
 def evaluate_external(run: str, manifest: pd.DataFrame, batch: int = 64) -> tuple[float, np.ndarray]:
