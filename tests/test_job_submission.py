@@ -18,12 +18,19 @@ def test_submitted_score_job_succeeds_and_writes_parquet(ray_dashboard, tiny_run
     images = tiny_phantom.parent / "images"
     out = tmp_path / "scores"
     client = JobSubmissionClient(ray_dashboard)
-    job = client.submit_job(
-        entrypoint=f"python -m jobs.score --config configs/smoke.yaml --model {tiny_run} "
-                   f"--input {images} --output {out}",
-        # The checkout travels with the job, as `ray job submit --working-dir .` sends it.
-        runtime_env={"working_dir": str(REPO),
-                     "excludes": [".git", ".venv", "runs", "data", "*.egg-info", ".pytest_cache"]})
+    for attempt in range(30):  # a loaded machine: the head's job agent can be a few seconds late
+        try:
+            job = client.submit_job(
+                entrypoint=f"python -m jobs.score --config configs/smoke.yaml --model {tiny_run} "
+                           f"--input {images} --output {out}",
+                # The checkout travels with the job, as `ray job submit --working-dir .` sends it.
+                runtime_env={"working_dir": str(REPO),
+                             "excludes": [".git", ".venv", "runs", "data", "*.egg-info", ".pytest_cache"]})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise
+            time.sleep(2)
     deadline = time.monotonic() + 600
     while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline, f"job {job} still {status}"

@@ -10,6 +10,10 @@ from thyro.transforms import resolve_preset
 
 
 def test_unreachable_endpoint_raises_naming_it_instead_of_an_error_row(monkeypatch):
+    import s3fs
+
+    # s3fs reuses a filesystem made earlier in the process (another test's live endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -19,5 +23,6 @@ def test_unreachable_endpoint_raises_naming_it_instead_of_an_error_row(monkeypat
         monkeypatch.setenv(k, v)
     with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{port}"):
         prepare(Item("s3://bucket/scan.png"), resolve_preset("study", 32))
+    s3fs.S3FileSystem.clear_instance_cache()
     # a missing local file is the input's own fault: an error row, as before
     assert prepare(Item("/nonexistent/scan.png"), resolve_preset("study", 32))[0]["status"] == "error"
