@@ -93,10 +93,7 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
                              f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             # as on a real node with thyro's environment active: jobs run `python`
-                            # RAY_ADDRESS: with another Ray instance on the machine (the fault tests' own
-                            # cluster), Ray Train's cleanup in this one must not guess which to join
-                            env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}",
-                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     address = f"127.0.0.1:{port}"
     for _ in range(120):
         try:
