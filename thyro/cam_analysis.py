@@ -80,7 +80,7 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
                 truth = _mask(r["mask_path"], img.shape[:2])
                 full = crop_map_to_original(m_crop, g)
                 f["energy_inside"] = shape.energy_inside(full, truth)
-                f["pointing_hit"] = shape.pointing_game(full, truth) if full.max() > 0 else float("nan")
+                f["pointing_hit"] = float(shape.pointing_game(full, truth)) if full.max() > 0 else float("nan")
             feats.append(f)
             model_maps.append(m_model.astype(np.float16))
             geoms.append(g.to_dict())

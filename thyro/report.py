@@ -133,7 +133,10 @@ def _cam_features(trials: pd.DataFrame, model: str) -> pd.DataFrame:
     runs = trials.loc[trials["model"] == model, ["run", "split"]]
     frames = [pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(r, "cam_features.csv")))).assign(split=s)
               for r, s in runs.itertuples(index=False) if storage.exists(storage.join(r, "cam_features.csv"))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    feats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if "pointing_hit" in feats:  # True / False / empty (no region) -> 1 / 0 / NaN, so it averages
+        feats["pointing_hit"] = feats["pointing_hit"].astype(float)
+    return feats
 
 
 def shape_analysis(trials: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
