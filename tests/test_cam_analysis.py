@@ -22,6 +22,7 @@ def test_analysis_uses_the_configured_target_and_writes_maps_shape_field_and_fai
     assert {"height_width", "orientation_axial", "energy_inside", "cam_zero"} <= set(df.columns)
     # an all-zero map has no region: NaN features, flagged, never silently dropped
     assert df.loc[df.cam_zero, "area"].isna().all() and df.loc[~df.cam_zero, "area"].notna().all()
+    assert df.pointing_hit.dropna().isin([0.0, 1.0]).all() and df.pointing_hit.dtype == float  # averageable
     ids, cams, geoms = load_cams(tiny_run)
     assert cams.shape == (len(df), 16, 16) and len(geoms) == len(df)
     faith = json.loads(open(f"{tiny_run}/faithfulness.json").read())
