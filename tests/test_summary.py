@@ -23,3 +23,11 @@ def test_summary_interval_is_the_corrected_t_interval(tmp_path):
     row = out.iloc[0]
     assert (row["auc_ci_low"], row["auc_ci_high"]) == pytest.approx((v.mean() - half, v.mean() + half), rel=1e-12)
     assert row["ci_method"] == "Nadeau-Bengio corrected t interval"
+
+
+def test_summary_interval_is_clipped_to_the_unit_range(tmp_path):
+    trials = pd.DataFrame({"model": "m", "split": range(3), **{k: [0.2, 0.99, 1.0] for k in summary.METRICS},
+                           "ece": 0.05, "threshold_at_target_sensitivity": 0.3,
+                           "specificity_at_target_sensitivity": 0.6, "n_train": 70, "n_test": 30})
+    row = summary.summarize(load_config(), trials, str(tmp_path), run_dir=None).iloc[0]
+    assert row["auc_ci_low"] == 0.0 and row["auc_ci_high"] == 1.0  # the raw interval is wider on both sides

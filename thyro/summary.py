@@ -92,6 +92,8 @@ def summarize(cfg: Config, trials: pd.DataFrame, out: str, run_dir: Callable) ->
         for k in METRICS:
             v = g[k].to_numpy(float)
             lo, hi = metrics.corrected_interval(v, n_train, n_test)
+            # every metric here is a proportion: a t interval wider than [0, 1] says "anything"
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
             row.update({f"{k}_mean": float(np.nanmean(v)), f"{k}_sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else float("nan"),
                         f"{k}_ci_low": lo, f"{k}_ci_high": hi})
         row["ci_method"] = CI_METHOD
