@@ -113,8 +113,8 @@ def cmd_score(args) -> int:
     cfg = _config(args, {})
     res = run_score(cfg, args.model, args.input, args.output)
     c = res.counts
-    print(f"\nscored {c['discovered']} inputs in {res.seconds:.0f}s: {c['ok']} ok, {c['error']} error rows "
-          f"({c['previously_scored']} rows were already in the output)")
+    print(f"\nscored {c['discovered']} inputs in {res.seconds:.0f}s: {c['ok']} ok, {c['error']} error rows, "
+          f"{c.get('skipped', 0)} skipped ({c['previously_scored']} rows were already in the output)")
     print(f"parquet: {res.output}/predictions/  overlays: {res.output}/overlays/  manifest: {res.output}/run_manifest.json")
     return 0
 
