@@ -39,7 +39,7 @@ def evaluate_external(run: str, manifest: pd.DataFrame, batch: int = 64) -> tupl
     for i in range(0, len(manifest), batch):
         rows = manifest.iloc[i:i + batch]
         decoded = [_decode(p, pr.preset.frame) for p in rows["path"]]
-        crops = [pr.crops(img, reg)[0] for img, reg in decoded]
+        crops = [pr.crop(img, reg) for img, reg in decoded]
         out = pr.predict_tensor(preprocess_batch([c.image for c in crops], pr.preset))
         probs.append(out.prob_malignant)
         for k, (c, (img, _)) in enumerate(zip(crops, decoded)):

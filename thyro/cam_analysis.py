@@ -25,6 +25,7 @@ from thyro import faithfulness, shape, storage
 from thyro.config import CamConfig
 from thyro.geometry import crop_map_to_original, original_mask_to_model
 from thyro.predictor import Predictor, cam_in_field, field_mask_on_input
+from thyro.transforms import preprocess_batch
 
 
 def _mask(path: str, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -56,9 +57,7 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
     for i in range(0, len(rows), batch_size):
         chunk = rows.iloc[i:i + batch_size]
         decoded = [_decode(path, p.frame) for path in chunk["path"]]
-        crops = [max(predictor.crops(img, reg), key=lambda c: c.field_mask.sum()) for img, reg in decoded]
-        from thyro.transforms import preprocess_batch
-
+        crops = [predictor.crop(img, reg) for img, reg in decoded]
         x = preprocess_batch([c.image for c in crops], p)
         out = predictor.predict_tensor(x)
         if len(faith_x) * batch_size < cam.faithfulness_images:

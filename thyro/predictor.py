@@ -20,7 +20,7 @@ from thyro.checkpoint import load_run
 from thyro.engine import resolve_device, sigmoid
 from thyro.geometry import Geometry, model_map_to_crop, original_mask_to_model, place
 from thyro.models import cam_layer
-from thyro.preprocess import Cropped, crop_field
+from thyro.preprocess import Cropped, crop_field, crop_one
 from thyro.transforms import Preset, preprocess_batch
 
 TARGETS = {"predicted": "predicted", "malignant": 1, "benign": 0}
@@ -84,6 +84,10 @@ class Predictor:
     def crops(self, image: np.ndarray, regions=None) -> list[Cropped]:
         return crop_field(image, self.preset, regions)
 
+    def crop(self, image: np.ndarray, regions=None) -> Cropped:
+        """The one crop training and evaluation use (panes: each -> the largest pane)."""
+        return crop_one(image, self.preset, regions)
+
     def predict_tensor(self, x: torch.Tensor) -> Prediction:
         """Preprocessed (N, 3, S, S) -> probabilities, labels and model-space maps (cam_size x cam_size)."""
         dtype = torch.bfloat16 if self.precision == "bf16" else None
@@ -136,7 +140,7 @@ class Predictor:
     def predict(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Canonical images (one crop each: the largest pane) -> probabilities, labels and maps over
         the crops (float16, a list: crops differ in shape), with cam_in_field."""
-        crops = [max(self.crops(img), key=lambda c: c.field_mask.sum()) for img in images]
+        crops = [self.crop(img) for img in images]
         out = self.predict_crops(crops)
         return {"prob_malignant": out.prob_malignant, "label": out.label, "margin": out.margin,
                 "cam": [self.crop_map(m, c).astype(np.float16) for m, c in zip(out.cam_model, crops)],

@@ -163,7 +163,8 @@ class TrainTransform:
         x = torch.from_numpy(np.ascontiguousarray(model_input(crop, p))).permute(2, 0, 1)
         x = x.float().div_(255)
         if robust:
-            inside = torch.from_numpy(model_input(np.repeat(mask[:, :, None] * np.uint8(255), 3, 2), p)[:, :, 0] > 127)
+            inner = fit(mask.shape[0], mask.shape[1], p.image_size, p.resize)
+            inside = torch.from_numpy(place(mask.astype(np.uint8) * 255, p.image_size, inner) > 127)
             if p.intensity > 0:
                 x = _intensity(x, p.intensity, self.g)
             if p.speckle > 0:
