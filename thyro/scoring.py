@@ -94,19 +94,33 @@ def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
     return "." in name and name.endswith(tuple(extensions))
 
 
+def score_columns(img: np.ndarray, c, preset: Preset, regions=None) -> dict:
+    """What the score job keeps of one crop: the model's input tensor, the field in model space,
+    the geometry to map a Grad-CAM back, and the crop's scale."""
+    from thyro.predictor import field_mask_on_input
+
+    my, mx = crop_mm_per_pixel(c.box, regions)
+    return {"pixels": eval_tensor(c.image, preset).numpy(), "height": int(img.shape[0]), "width": int(img.shape[1]),
+            "geometry": json.dumps(c.geometry(preset).to_dict()),
+            "field_model": np.packbits(field_mask_on_input(c, preset, img)).tobytes(),
+            "mm_per_pixel_y": my, "mm_per_pixel_x": mx}
+
+
 def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "",
-            skip_extensions=SIDE_FILE_EXTENSIONS, frame_step: int = 1, max_frames: int = 0) -> list[dict]:
+            skip_extensions=SIDE_FILE_EXTENSIONS, frame_step: int = 1, max_frames: int = 0,
+            crop_row=score_columns) -> list[dict]:
     """Read and decode an item, crop each frame as the preset says, preprocess; errors become rows.
 
     One row per frame (and per pane with panes: each). `frames` None: the preset's frame, the one
     the model trained on; "all" is sampled by `frame_step` and `max_frames` (`decode.select_frames`).
     A DICOMDIR, a non-image DICOM (SR, RT, presentation state) or a side file
     (`skip_extensions`) is a `skipped` row, counted apart from errors. Rows carry the crop's
-    mm per pixel where the DICOM's ultrasound regions give it.
+    mm per pixel where the DICOM's ultrasound regions give it. `crop_row(image, crop, preset, regions)`
+    gives an ok row's own columns (default: the score job's); it runs under the same error handling,
+    so another job (pretraining) reads inputs with exactly these rows.
     """
     from thyro.decode import NotAnImageError, decode_image
     from thyro.preprocess import crop_field
-    from thyro.predictor import field_mask_on_input
 
     t0 = time.perf_counter()
     if item.error:
@@ -126,16 +140,9 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
                 policy = frames or preset.frame
                 sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
                 decoded = decode_image(data, item.input_uri, policy, **sampling)
-                rows = []
-                for i, img in decoded.frames:
-                    for c in crop_field(img, preset, decoded.regions):
-                        field = np.packbits(field_mask_on_input(c, preset, img))
-                        my, mx = crop_mm_per_pixel(c.box, decoded.regions)
-                        rows.append({"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
-                                     "status": "ok", "error": None, "pixels": eval_tensor(c.image, preset).numpy(),
-                                     "height": int(img.shape[0]), "width": int(img.shape[1]),
-                                     "geometry": json.dumps(c.geometry(preset).to_dict()),
-                                     "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
+                rows = [{"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                         "status": "ok", "error": None, **crop_row(img, c, preset, decoded.regions)}
+                        for i, img in decoded.frames for c in crop_field(img, preset, decoded.regions)]
             except NotAnImageError as e:
                 rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
