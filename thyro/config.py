@@ -180,6 +180,43 @@ class ExperimentConfig(_Section):
     cam_grid_per_class: int = Field(6, ge=1, le=20)
 
 
+class PretrainConfig(_Section):
+    """Self-supervised pretraining (`thyro pretrain`, thyro.ssl / thyro.pretraining)."""
+    # SimSiam: no negatives, no momentum encoder; works at batch 32-64 (thyro/ssl.py says why).
+    method: Literal["simsiam"] = "simsiam"
+    backbone: Literal["resnet18", "alexnet", "vgg16"] = "resnet18"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    # SGD: the paper's 0.05 x batch / 256 is for ImageNet-long schedules; short runs on
+    # small data want more. AdamW: ~1e-3.
+    lr: float = Field(0.05, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    warmup_epochs: int = Field(0, ge=0)
+    # The preset that crops each image to its scan field (and gives mean / std).
+    preset: str = "field"
+    image_size: int = Field(128, ge=32, le=1024)
+    proj_dim: int = Field(2048, ge=8)
+    pred_dim: int = Field(512, ge=4)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    channels_last: bool = True
+    seed: int = 0
+    checkpoint_every_steps: int = Field(50, ge=1)
+    max_images: int = Field(0, ge=0)  # 0: every image of the input
+    # Augmentation strengths of the two views (thyro/views.py).
+    crop_scale: float = Field(0.3, gt=0.0, le=1.0)
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0)
+    rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)
+    intensity: float = Field(0.4, ge=0.0, le=1.0)
+    speckle: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+    blur_sigma: float = Field(1.5, gt=0.1, le=10.0)
+
+    def view_strengths(self) -> dict:
+        return {k: getattr(self, k) for k in ("crop_scale", "hflip_p", "rotation_degrees", "intensity",
+                                              "speckle", "blur_p", "blur_sigma")}
+
+
 class RayConfig(_Section):
     # null: RAY_ADDRESS if set, else a local Ray started in-process.
     address: Optional[str] = None
@@ -304,6 +341,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     tune: SearchConfig = Field(default_factory=SearchConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     # Free text carried into the model card and reports.
     name: str = "thyro"

@@ -30,6 +30,7 @@ from thyro.models import SPECS, build_model
 from thyro.storage import join, read_bytes, write_bytes
 from thyro.splits import leakage_report, make_splits, split_indices
 from thyro.transforms import Preset, resolve_preset
+from thyro.weights import pretrained_summary
 
 
 def seed_everything(seed: int) -> None:
@@ -237,7 +238,8 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
                   "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
                   "loss": cfg.train.loss, "focal_gamma": cfg.train.focal_gamma,
                   "focal_alpha": cfg.train.focal_alpha, "precision": cfg.train.precision,
-                  "init": cfg.model.weights or "random", "seed": cfg.train.seed},
+                  "init": cfg.model.weights or "random", "seed": cfg.train.seed,
+                  **({"pretrained": pre} if (pre := pretrained_summary(cfg.model.weights)) else {})},
         cam_layer=cfg.cam.layer or SPECS[cfg.model.name].cam_layer, name=cfg.name,
         calibration={"temperature": op.temperature, "threshold": op.threshold, "chosen_on": op.chosen_on,
                      "target_sensitivity": cfg.eval.target_sensitivity, "n_calibration": op.n_calibration},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import urllib.request
 from typing import Iterable
@@ -174,10 +175,68 @@ def folder_state_dict(name: str, folder: str) -> dict:
     return load_state_dict(read_verified(uri), uri)
 
 
+BACKBONE_FILE = "backbone.pt"   # thyro.pretraining's output: the trunk, and its card beside it
+CARD_FILE = "metadata.json"
+
+
+def pretrained_file(weights: str | None) -> str | None:
+    """The `backbone.pt` of a self-supervised pretraining output that `weights` names (the
+    folder, or the file itself), or None when `weights` is something else."""
+    if not weights or weights == "imagenet":
+        return None
+    if weights.rstrip("/").rsplit("/", 1)[-1] == BACKBONE_FILE:
+        return weights
+    looks_like_folder = is_folder(weights) or (storage.is_remote(weights) and not weights.endswith((".pt", ".pth")))
+    if looks_like_folder:
+        candidate = storage.join(weights, BACKBONE_FILE)
+        if storage.exists(candidate):
+            return candidate
+    return None
+
+
+def pretrained_card(weights: str | None) -> dict | None:
+    """The model card beside a pretrained backbone, or None (not one, or written without a card)."""
+    path = pretrained_file(weights)
+    if path is None:
+        return None
+    card_uri = path.rsplit("/", 1)[0] + "/" + CARD_FILE if "/" in path else CARD_FILE
+    if not storage.exists(card_uri):
+        return None
+    try:
+        return json.loads(storage.read_bytes(card_uri))
+    except ValueError as e:
+        raise WeightsError(f"{card_uri}: not a readable model card ({e})") from None
+
+
+def pretrained_summary(weights: str | None) -> dict | None:
+    """What a fine-tuned model's card records about the pretrained backbone it started from."""
+    card = pretrained_card(weights)
+    if card is None:
+        return None
+    t = card.get("training", {})
+    return {"weights": weights, "method": card.get("method"), "backbone": card.get("backbone"),
+            "created": card.get("created"), "epochs": t.get("epochs"), "steps": t.get("steps"),
+            "final_loss": t.get("final_loss"), "distinct_images": card.get("data", {}).get("distinct_images"),
+            "image_size": card.get("inputs", {}).get("image_size"), "git_sha": card.get("git_sha")}
+
+
+def pretrained_state_dict(name: str, path: str) -> dict:
+    """A pretraining output's trunk, refused when its card says it is another architecture."""
+    card = pretrained_card(path)
+    if card is not None and card.get("backbone") not in (None, name):
+        raise WeightsError(f"{path}: a {card.get('method', 'pretrained')} backbone for {card['backbone']!r}, "
+                           f"but model.name is {name!r}; pretrain a {name} backbone or set model.name: "
+                           f"{card['backbone']}")
+    return read_state_dict(path)
+
+
 def state_dict(name: str, weights: str, offline: bool = False) -> dict:
     """The state_dict `model.weights` names for model `name`."""
     if weights == "imagenet":
         return imagenet_state_dict(name, offline)
+    pretrained = pretrained_file(weights)
+    if pretrained is not None:
+        return pretrained_state_dict(name, pretrained)
     if is_folder(weights):
         return folder_state_dict(name, weights)
     return read_state_dict(weights)
@@ -185,7 +244,7 @@ def state_dict(name: str, weights: str, offline: bool = False) -> dict:
 
 def is_imagenet(weights: str | None) -> bool:
     """Whether `weights` gives torchvision's ImageNet files (whose Inception expects transform_input)."""
-    return bool(weights) and (weights == "imagenet" or is_folder(weights))
+    return bool(weights) and (weights == "imagenet" or (is_folder(weights) and pretrained_file(weights) is None))
 
 
 def resolve_weights(cfg, out: str, models: Iterable[str] | None = None):
