@@ -22,9 +22,10 @@ def default_config() -> str | None:
     return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=default_config(),
-                   help=f"YAML config file (see configs/); default: {default_config() or 'the library defaults'}")
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    default = default or default_config()
+    p.add_argument("--config", default=default,
+                   help=f"YAML config file (see configs/); default: {default or 'the library defaults'}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.epochs=3 (repeatable)")
 
@@ -119,6 +120,21 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from thyro.ray_pretrain import run_pretrain
+
+    cfg = _config(args, {})
+    res = run_pretrain(cfg, args.input, args.out)
+    c = res.counts
+    resumed = f", resumed from step {res.resumed_from_step}" if res.resumed_from_step else ""
+    print(f"\npretrained on {c['images']} images ({c['distinct_images']} distinct inputs by content; "
+          f"{c['error']} error rows, {c['skipped']} skipped) in {res.seconds:.0f}s: {res.steps} steps{resumed}, "
+          f"{res.images_per_s:.1f} images/s")
+    print(f"backbone: {res.out}/backbone.pt  card: {res.out}/metadata.json  errors: {res.out}/errors/  "
+          f"use it with --set model.weights={res.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thyro", description="Thyroid nodule ultrasound classification "
                                  "with Grad-CAM (research use only, not for diagnosis).")
@@ -167,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder or s3:// URI")
     _add_config_args(p)
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (SimSiam) on unlabelled images: "
+                       "Ray Data -> Ray Train, resumable")
+    p.add_argument("--input", required=True, help="folder, s3:// prefix, .zip, .tar(.gz), .csv manifest or a file")
+    p.add_argument("--out", required=True, help="output folder or s3:// URI (backbone.pt, metadata.json)")
+    pretrain_yaml = DEFAULT_CONFIG.with_name("pretrain.yaml")
+    _add_config_args(p, str(pretrain_yaml) if pretrain_yaml.is_file() else None)
+    p.set_defaults(fn=cmd_pretrain)
     return ap
 
 
