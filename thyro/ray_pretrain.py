@@ -154,15 +154,6 @@ def _index_schema():
                       ("n_images", pa.int64())])
 
 
-def _parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> tuple[ScanCounts, str]:
     """Error rows to <out>/errors/, the index to <out>/index/; one chunk of inputs in the driver at a time.
     A complete scan (its marker written last) is reused when the same command runs again."""
@@ -170,8 +161,7 @@ def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> 
     import ray
     import ray.data
 
-    from thyro.ray_score import _chunks
-    from thyro.sources import discover
+    from thyro.sources import chunks, discover
 
     index = storage.join(out, INDEX_DIR)
     done = storage.join(index, INDEX_DONE)
@@ -188,7 +178,7 @@ def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> 
         return scan_block(items, preset, read_args)
 
     counts, hashes = ScanCounts(), np.zeros(0, np.uint64)
-    for chunk_no, chunk in enumerate(_chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20)):
+    for chunk_no, chunk in enumerate(chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20)):
         if limit and counts.images >= limit:
             break
         t0 = time.perf_counter()
@@ -220,10 +210,10 @@ def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> 
         counts.skipped += sum(r["status"] == "skipped" for r in bad)
         files = {}
         if index_rows:
-            files[storage.join(index, f"part-{chunk_no:06d}.parquet")] = _parquet_bytes(
+            files[storage.join(index, f"part-{chunk_no:06d}.parquet")] = storage.parquet_bytes(
                 pa.Table.from_pylist(index_rows, schema=_index_schema()))
         if bad:
-            files[storage.join(out, ERRORS_DIR, f"part-{chunk_no:06d}.parquet")] = _parquet_bytes(
+            files[storage.join(out, ERRORS_DIR, f"part-{chunk_no:06d}.parquet")] = storage.parquet_bytes(
                 pa.Table.from_pylist(bad, schema=_scan_schema()))
         storage.write_many(files)
         log(f"scan chunk {chunk_no + 1}: {len(chunk)} inputs, {len(index_rows)} with images, "

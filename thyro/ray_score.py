@@ -119,19 +119,6 @@ def scored_keys(output: str, model_id: str, quarantine: bool = False) -> set[str
     return keys
 
 
-def _chunks(items, max_items: int, max_bytes: int):
-    """Lists of at most `max_items` items and about `max_bytes` of inline data."""
-    chunk, size = [], 0
-    for item in items:
-        chunk.append(item)
-        size += len(item.data or b"")
-        if len(chunk) >= max_items or size >= max_bytes:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 def _parquet_files(pred_dir: str) -> set[str]:
     import pyarrow.fs as pafs
 
@@ -251,15 +238,6 @@ def _redact(text: str | None, uri: str) -> str | None:
     return text
 
 
-def _parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_size: int,
             overlay_format: str = "jpeg", overlay_quality: int = 85, overlay_max_side: int = 256,
             path_map_uri: str | None = None):
@@ -305,7 +283,7 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
                                        max_side=overlay_max_side)
             extra["overlay_uri"][i] = uri
     if path_map_uri and n:
-        files[storage.join(path_map_uri, f"part-{uuid.uuid4().hex}.parquet")] = _parquet_bytes(pa.table(
+        files[storage.join(path_map_uri, f"part-{uuid.uuid4().hex}.parquet")] = storage.parquet_bytes(pa.table(
             {k: pa.array(batch[k], pa.string()) for k in ("row_id", "file_id", "input_uri")}))
         batch["error"] = [_redact(e, u) for e, u in zip(batch["error"], batch["input_uri"])]
         batch["input_uri"] = [None] * n
@@ -375,7 +353,7 @@ def _write_file_rows(output: str, rows) -> int:
     if rows is None or rows.num_rows == 0:
         return 0
     t = file_rows(rows)
-    storage.write_many({storage.join(output, FILES_DIR, f"part-{uuid.uuid4().hex}.parquet"): _parquet_bytes(t)})
+    storage.write_many({storage.join(output, FILES_DIR, f"part-{uuid.uuid4().hex}.parquet"): storage.parquet_bytes(t)})
     return t.num_rows
 
 
@@ -415,7 +393,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     from thyro.checkpoint import load_card
     from thyro.modelcard import package_versions
     from thyro.ray_common import init_ray
-    from thyro.sources import discover
+    from thyro.sources import chunks, discover
     from thyro.transforms import Preset
 
     t0 = time.perf_counter()
@@ -459,7 +437,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     # args), where decoding would leave the actor's GPU, or its threads, idle.
     cpu_task_args = {"num_cpus": s.cpus_per_task, "memory": s.task_memory_mib << 20}
 
-    for chunk_no, chunk in enumerate(_chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20), 1):
+    for chunk_no, chunk in enumerate(chunks(discover(input_uri), s.chunk_size, s.chunk_mib << 20), 1):
         counts["discovered"] += len(chunk)
         before, t_chunk = _parquet_files(pred_dir), time.perf_counter()
         # Small blocks keep the stream moving: the actors start on the first

@@ -97,6 +97,20 @@ def discover(uri: str) -> Iterator[Item]:
     return iter([Item(uri)])
 
 
+def chunks(items: Iterator[Item], max_items: int, max_bytes: int) -> Iterator[list[Item]]:
+    """Lists of at most `max_items` items and about `max_bytes` of inline data: what a job's
+    driver holds of an archive at a time."""
+    chunk, size = [], 0
+    for item in items:
+        chunk.append(item)
+        size += len(item.data or b"")
+        if len(chunk) >= max_items or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 def read_item(item: Item) -> bytes:
     """The bytes of an item (zip members are read from the archive in place)."""
     if item.data is not None:

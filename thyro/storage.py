@@ -54,6 +54,16 @@ def write_many(files: dict[str, bytes]) -> None:
     fs.pipe(paths)
 
 
+def parquet_bytes(table) -> bytes:
+    """A pyarrow table as the bytes of one Parquet file (for `write_many`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def read_bytes(uri: str) -> bytes:
     with fsspec.open(uri, "rb") as f:
         return f.read()
