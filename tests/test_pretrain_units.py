@@ -90,3 +90,11 @@ def test_views_block_skips_an_input_that_no_longer_reads():
                       "n_images": [1]})
     out = views_block(files, pretrain_preset(cfg), _read_args(cfg), 32, cfg.pretrain.view_strengths())
     assert out["v1"].shape == (0, 3, 32, 32)
+
+
+def test_discovery_chunks_are_bounded_by_items_and_inline_bytes():
+    from thyro.sources import Item, chunks
+
+    items = [Item(f"a.tar!{i}.png", data=b"x" * 10) for i in range(7)]
+    assert [len(c) for c in chunks(iter(items), 10, 25)] == [3, 3, 1]  # 30 bytes >= 25 closes a chunk
+    assert [len(c) for c in chunks(iter(items), 2, 10**6)] == [2, 2, 2, 1]
