@@ -66,3 +66,12 @@ def test_grey_input_and_empty_field():
         tv(np.zeros((30, 40), np.uint8), np.zeros((30, 40), bool))
     with pytest.raises(ValueError, match="does not match"):
         tv(np.zeros((30, 40), np.uint8), np.ones((30, 41), bool))
+
+
+def test_from_config_follows_the_pretrain_section():
+    from thyro.config import load_config
+
+    cfg = load_config(None, [{"pretrain": {"image_size": 40, "preset": "robust", "speckle": 0.05}}]).pretrain
+    tv = TwoViews.from_config(cfg)
+    assert tv.size == 40 and tv.preset.resize == "letterbox" and tv.strengths.speckle == 0.05
+    assert tv(np.full((50, 60), 100, np.uint8))[0].shape == (3, 40, 40)

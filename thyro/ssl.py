@@ -70,6 +70,13 @@ class SimSiam(nn.Module):
         self.predictor = _predictor(proj_dim, pred_dim)
         self.feat_dim = feat_dim
 
+    @classmethod
+    def from_config(cls, cfg) -> "SimSiam":
+        """The model a PretrainConfig describes."""
+        if cfg.method != "simsiam":
+            raise ValueError(f"pretrain.method {cfg.method!r}: only simsiam is implemented")
+        return cls(cfg.backbone, cfg.proj_dim, cfg.pred_dim)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (z, p): projection and prediction of a batch of views."""
         z = self.projector(self.trunk(x))

@@ -62,6 +62,13 @@ class TwoViews:
         self.mean = torch.tensor(self.preset.mean).view(3, 1, 1)
         self.std = torch.tensor(self.preset.std).view(3, 1, 1)
 
+    @classmethod
+    def from_config(cls, cfg) -> "TwoViews":
+        """The views a PretrainConfig describes (its preset's fit, mean and std; its strengths)."""
+        from thyro.transforms import resolve_preset
+
+        return cls(cfg.image_size, resolve_preset(cfg.preset, image_size=cfg.image_size), **cfg.view_strengths())
+
     @staticmethod
     def grey(crop: np.ndarray) -> np.ndarray:
         """(h, w) or (h, w, C) uint8 -> (h, w) uint8, the channels' mean."""
