@@ -129,8 +129,10 @@ def pretrain(args) -> tuple[str, dict]:
         if r["steps"] == 0:
             break
         steps, images = steps + r["steps"], images + r["images"]
-        history.append({"epoch": epoch + 1, "loss": r["loss"], "images_per_s": r["images_per_s"]})
-        log(f"  pretrain epoch {epoch + 1}: loss {r['loss']:.4f}  {r['images_per_s']:.1f} images/s "
+        history.append({"epoch": epoch + 1, "loss": r["loss"], "images_per_s": r["images_per_s"],
+                        "z_std": r["z_std"]})
+        log(f"  pretrain epoch {epoch + 1}: loss {r['loss']:.4f}  z_std {r['z_std']:.3f} "
+            f"(collapsed 0, healthy ~{1 / np.sqrt(cfg.proj_dim):.3f})  {r['images_per_s']:.1f} images/s "
             f"(2 views each)  {r['seconds']:.0f} s")
     wall = time.perf_counter() - t_train
     throughput = {"wall_s": wall, "images_per_s": images / wall, "device": str(device),

@@ -69,3 +69,12 @@ def test_backbone_state_dict_has_the_classifier_trunk_names():
 def test_unsupported_backbone_is_named():
     with pytest.raises(ValueError, match="inception_v3"):
         SimSiam("inception_v3")
+
+
+def test_collapse_monitor_by_construction():
+    from thyro.ssl import collapse_std
+
+    assert collapse_std(torch.ones(16, 8)) == 0.0                 # every image the same output
+    eye = torch.eye(4).repeat(4, 1)                               # one-hot rows, each dim on 1 in 4
+    want = torch.tensor([1.0] * 4 + [0.0] * 12).std().item()      # the std of one column, by hand
+    assert collapse_std(eye) == pytest.approx(want, abs=1e-6)
