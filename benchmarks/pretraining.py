@@ -152,6 +152,9 @@ def pretrain(args) -> tuple[str, dict]:
     return folder, card
 
 
+TRAINING_SECTIONS = ("name", "data", "preprocess", "model", "train", "split", "eval")
+
+
 def same_protocol(run: str, expected: dict) -> bool:
     """Whether a saved run was made with `expected` (the resolved config), data source aside."""
     from thyro.config import yaml_load
@@ -160,7 +163,12 @@ def same_protocol(run: str, expected: dict) -> bool:
     if not os.path.exists(path) or not os.path.exists(os.path.join(run, "metadata.json")):
         return False
     saved = yaml_load(open(path).read())
-    strip = lambda d: {**d, "data": {k: v for k, v in d["data"].items() if k != "source"}}  # noqa: E731
+    # What train_run reads, the data source's spelling aside (sections it never reads, such
+    # as score: and pretrain:, gained keys after those runs were made).
+    def strip(d):
+        return {**{k: d.get(k) for k in TRAINING_SECTIONS},
+                "data": {k: v for k, v in d["data"].items() if k != "source"}}
+
     return strip(saved) == strip(expected)
 
 
