@@ -84,7 +84,8 @@ def pretrain(args) -> tuple[str, dict]:
     cfg = load_config(None, [{"pretrain": {
         "epochs": args.pretrain_epochs, "batch_size": args.pretrain_batch, "lr": args.pretrain_lr,
         "optimizer": args.pretrain_optimizer, "weight_decay": args.pretrain_wd, "image_size": args.pretrain_size,
-        "precision": args.pretrain_precision, "crop_scale": args.crop_scale}}]).pretrain
+        "precision": args.pretrain_precision, "crop_scale": args.crop_scale, "intensity": args.intensity,
+        "speckle": args.speckle, "blur_p": args.blur_p}}]).pretrain
     preset = resolve_preset(cfg.preset, image_size=cfg.image_size)
     t0 = time.perf_counter()
     crops, hashes, sources = unlabelled_images(args, preset)
@@ -195,6 +196,10 @@ def main() -> int:
     ap.add_argument("--pretrain-precision", default="fp32",
                     help="fp32: on this 2-core EPYC, bf16 SimSiam steps ran at 4.1 vs 6.5 pairs/s (96 px)")
     ap.add_argument("--crop-scale", type=float, default=0.3)
+    ap.add_argument("--intensity", type=float, default=0.4, help="gain/contrast/gamma jitter of the views")
+    ap.add_argument("--speckle", type=float, default=0.2, help="sd of the views' speckle-like noise")
+    ap.add_argument("--blur-p", type=float, default=0.5, help="probability of a blurred view")
+    ap.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (no fine-tuning)")
     ap.add_argument("--target-sensitivity", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     args = ap.parse_args()
@@ -227,6 +232,8 @@ def main() -> int:
 
     ssl_folder, card = pretrain(args)
     pre = card["training"]
+    if args.pretrain_only:
+        return 0
 
     k_max = args.first_splits or args.splits
     common = dict(data=args.data, out=args.out, manifest=manifest, splits=splits, n_splits=args.splits,
