@@ -46,11 +46,13 @@ def pretrain_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, t
 
     `on_step(step, record)` is called after every optimiser step (step counts
     within this epoch, from 1) with the step's loss and images, e.g. for
-    checkpoints every N steps. -> mean loss (per image), images, images/s, steps.
+    checkpoints every N steps. -> mean loss (per image), images, images/s, steps, and the
+    mean collapse monitor `z_std` (thyro.ssl.collapse_std: 0 means collapsed).
     """
     device = torch.device(device)
     model.train()
-    total, n, steps, t0 = 0.0, 0, 0, time.perf_counter()
+    total, n, steps, z_std, t0 = 0.0, 0, 0, 0.0, time.perf_counter()
+    inner = getattr(model, "module", model)
     for v1, v2 in batches:
         v1, v2 = _to(v1, device, channels_last), _to(v2, device, channels_last)
         with autocast(device, precision):
@@ -66,11 +68,14 @@ def pretrain_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, t
         total += value * len(v1)
         n += len(v1)
         steps += 1
+        std = getattr(inner, "last_z_std", float("nan"))
+        z_std += std
         if on_step is not None:
-            on_step(steps, {"loss": value, "images": len(v1), "lr": optimizer.param_groups[0]["lr"]})
+            on_step(steps, {"loss": value, "images": len(v1), "lr": optimizer.param_groups[0]["lr"], "z_std": std})
     dt = time.perf_counter() - t0
     return {"loss": total / max(n, 1) if n else float("nan"), "images": n,
-            "images_per_s": n / dt if dt > 0 else float("nan"), "steps": steps, "seconds": dt}
+            "images_per_s": n / dt if dt > 0 else float("nan"), "steps": steps, "seconds": dt,
+            "z_std": z_std / steps if steps else float("nan")}
 
 
 def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int = 1):

@@ -39,6 +39,12 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
 
 
+def collapse_std(z: torch.Tensor) -> float:
+    """SimSiam's collapse monitor: the per-dimension std over the batch of the l2-normalised
+    projections, averaged. Collapsed (every image one output): 0; healthy: near 1/sqrt(dim)."""
+    return float(F.normalize(z.detach().float(), dim=1).std(dim=0).mean())
+
+
 def _projector(in_dim: int, dim: int) -> nn.Sequential:
     # The paper's 3-layer MLP with BN on every layer (the output BN has no affine).
     return nn.Sequential(
@@ -70,6 +76,13 @@ class SimSiam(nn.Module):
         self.predictor = _predictor(proj_dim, pred_dim)
         self.feat_dim = feat_dim
 
+    @classmethod
+    def from_config(cls, cfg) -> "SimSiam":
+        """The model a PretrainConfig describes."""
+        if cfg.method != "simsiam":
+            raise ValueError(f"pretrain.method {cfg.method!r}: only simsiam is implemented")
+        return cls(cfg.backbone, cfg.proj_dim, cfg.pred_dim)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (z, p): projection and prediction of a batch of views."""
         z = self.projector(self.trunk(x))
@@ -80,6 +93,8 @@ class SimSiam(nn.Module):
         z, p = self.embed(torch.cat([v1, v2]))
         z1, z2 = z.chunk(2)
         p1, p2 = p.chunk(2)
+        with torch.no_grad():
+            self.last_z_std = collapse_std(z1)
         return simsiam_loss(p1, p2, z1, z2)
 
     def backbone_state_dict(self) -> dict:

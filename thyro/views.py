@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from thyro.geometry import fit, place
 from thyro.transforms import Preset, _intensity, _random_crop, _speckle, model_input
@@ -61,9 +59,15 @@ class TwoViews:
                                        blur_sigma)
         if not 0 < crop_scale <= 1:
             raise ValueError(f"crop_scale {crop_scale}: expected a fraction in (0, 1]")
-        self.geometric = v2.Compose([v2.RandomHorizontalFlip(hflip_p), v2.RandomRotation(rotation_degrees)])
         self.mean = torch.tensor(self.preset.mean).view(3, 1, 1)
         self.std = torch.tensor(self.preset.std).view(3, 1, 1)
+
+    @classmethod
+    def from_config(cls, cfg) -> "TwoViews":
+        """The views a PretrainConfig describes (its preset's fit, mean and std; its strengths)."""
+        from thyro.transforms import resolve_preset
+
+        return cls(cfg.image_size, resolve_preset(cfg.preset, image_size=cfg.image_size), **cfg.view_strengths())
 
     @staticmethod
     def grey(crop: np.ndarray) -> np.ndarray:
@@ -90,6 +94,10 @@ class TwoViews:
         return g, m
 
     def view(self, grey: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        # OpenCV for the resampling steps: torchvision's tensor rotation and blur cost
+        # ~15 ms a view here (a batched affine grid), as much as the model's step.
+        import cv2
+
         g, m = self._window(grey, mask)
         p, s = self.preset, self.strengths
         x = torch.from_numpy(np.ascontiguousarray(model_input(np.repeat(g[..., None], 3, axis=2), p)[..., 0]))
@@ -100,12 +108,20 @@ class TwoViews:
             x = _intensity(x, s.intensity, None)
         if s.speckle > 0:
             x = _speckle(x, s.speckle, None)
+        a = x[0].numpy()
         if s.blur_p > 0 and float(torch.rand(1)) < s.blur_p:
             sigma = 0.1 + (s.blur_sigma - 0.1) * float(torch.rand(1))
-            k = 2 * int(np.ceil(2 * sigma)) + 1
-            x = TF.gaussian_blur(x, [k, k], [sigma, sigma])
-        x = x * inside  # black outside the field and on the padding, whatever the jitter and blur did
-        x = self.geometric(x).expand(3, -1, -1)
+            a = cv2.GaussianBlur(a, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+        a = a * inside.numpy()  # black outside the field and on the padding, whatever the jitter and blur did
+        if float(torch.rand(1)) < s.hflip_p:
+            a = a[:, ::-1]
+        if s.rotation_degrees > 0:
+            angle = (float(torch.rand(1)) * 2 - 1) * s.rotation_degrees
+            c = ((a.shape[1] - 1) / 2, (a.shape[0] - 1) / 2)
+            a = cv2.warpAffine(np.ascontiguousarray(a), cv2.getRotationMatrix2D(c, angle, 1.0),
+                               (a.shape[1], a.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].expand(3, -1, -1)
         return (x - self.mean) / self.std
 
     def __call__(self, crop: np.ndarray, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
