@@ -328,10 +328,10 @@ def _train_worker(config: dict) -> None:
                                  on_step=on_step)
         images_run += rec["images"] * world
         ips = rec["images"] * world / rec["seconds"] if rec["seconds"] > 0 else float("nan")
-        history.append({"epoch": epoch + 1, "loss": rec["loss"], "steps": rec["steps"], "images_per_s": ips,
-                        "step": step})
-        say(f"pretrain epoch {epoch + 1}/{p.epochs}: loss {rec['loss']:.4f}, {ips:.1f} images/s, "
-            f"step {step}/{total}")
+        history.append({"epoch": epoch + 1, "loss": rec["loss"], "z_std": rec.get("z_std"), "steps": rec["steps"],
+                        "images_per_s": ips, "step": step})
+        say(f"pretrain epoch {epoch + 1}/{p.epochs}: loss {rec['loss']:.4f}, z_std {rec.get('z_std', float('nan')):.3f}"
+            f" (0: collapsed), {ips:.1f} images/s, step {step}/{total}")
         if rec["steps"] < left:
             say(f"pretrain epoch {epoch + 1}: the data ran out after {rec['steps']} of {left} steps")
         epoch, left = epoch + 1, per_epoch
