@@ -169,6 +169,12 @@ def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> 
         c = ScanCounts(**json.loads(storage.read_bytes(done)))
         log(f"scan: reusing {index} ({c.images} images from {c.files} inputs)")
         return c, index
+    import fsspec
+
+    for d in (index, storage.join(out, ERRORS_DIR)):  # parts of a scan a kill cut short
+        fs, root = fsspec.core.url_to_fs(d)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
     s, limit = cfg.score, cfg.pretrain.max_images
     preset, read_args = pretrain_preset(cfg), _read_args(cfg)
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
