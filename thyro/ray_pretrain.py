@@ -288,7 +288,7 @@ def _train_worker(config: dict) -> None:
     total = p.epochs * per_epoch
 
     torch.manual_seed(p.seed)
-    model = SimSiam(p.backbone, p.proj_dim, p.pred_dim)
+    model = SimSiam.from_config(p)
     ckpt = ray.train.get_checkpoint()
     state = load_state(ckpt) if ckpt else None
     if state:
@@ -411,7 +411,7 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
     result = trainer.fit()
     m = result.metrics or {}
     state = load_state(result.checkpoint)
-    model = SimSiam(p.backbone, p.proj_dim, p.pred_dim)
+    model = SimSiam.from_config(p)
     model.load_state_dict(state["model"])
     history = state["history"]
     throughput = {"images_per_s": m.get("images_per_s"), "images_trained": m.get("images_trained"),
