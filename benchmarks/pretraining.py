@@ -2,7 +2,8 @@
 
     python benchmarks/pretraining.py --data ../shared/data/busi [--out runs/bench-pretrain]
         [--random-from runs/bench-real] [--imagenet resnet18-f37072fd.pth] [--splits 5] [--first-splits 3]
-        [--pretrain-epochs 6] [--pretrain-size 96] [--pretrain-batch 32] [--pretrain-precision fp32]
+        [--pretrain-minutes 15] [--pretrain-size 96] [--pretrain-batch 32] [--pretrain-precision fp32]
+        [--intensity 0.4] [--speckle 0.2] [--blur-p 0.5] [--crop-scale 0.3] [--threads 1]
 
 1. Pretraining (plain PyTorch, thyro.pretraining; no Ray): SimSiam on the unlabelled images
    of --data (labels ignored) plus --phantom scanner-layout phantom screens, each cropped to
@@ -184,10 +185,10 @@ def main() -> int:
     ap.add_argument("--first-splits", type=int, default=None, help="fine-tune on the first K splits only")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--phantom", type=int, default=300, help="phantom screens added to the unlabelled set")
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
+    ap.add_argument("--phantom", type=int, default=200, help="phantom screens added to the unlabelled set")
+    ap.add_argument("--pretrain-epochs", type=int, default=100, help="at most this many (see --pretrain-minutes)")
     ap.add_argument("--pretrain-size", type=int, default=96)
-    ap.add_argument("--pretrain-minutes", type=float, default=0,
+    ap.add_argument("--pretrain-minutes", type=float, default=15,
                     help="a wall-time budget: cosine schedule over it, stop when spent (<= --pretrain-epochs)")
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--pretrain-lr", type=float, default=0.05)
