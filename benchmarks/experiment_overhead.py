@@ -35,8 +35,13 @@ def trial_spans(state_dir: str) -> list[dict]:
             continue
         last = rows[-1]
         end = float(last["timestamp"])
+        epochs = [r for r in rows if "epoch" in r]
+        # start-up inside the trial (Train controller, worker, data, model): the first
+        # report's time less one epoch (the second epoch's time stands in for the first)
+        startup = (float(epochs[0]["time_total_s"]) - float(epochs[1]["time_this_iter_s"])
+                   if len(epochs) >= 2 else float("nan"))
         spans.append({"model": last.get("model"), "split": last.get("repeat"),
-                      "start": end - float(last["time_total_s"]), "end": end})
+                      "start": end - float(last["time_total_s"]), "end": end, "startup": startup})
     return sorted(spans, key=lambda s: s["start"])
 
 
@@ -111,7 +116,7 @@ def main() -> None:
             print(f"    grid ends after the last trial    {g1 - max(s['end'] for s in spans):6.1f}")
             for s in spans:
                 print(f"    {s['model']:>12}/{s['split']}  {s['start'] - g0:6.1f} .. {s['end'] - g0:6.1f}"
-                      f"  ({s['end'] - s['start']:.1f})")
+                      f"  ({s['end'] - s['start']:.1f}; start-up in the trial {s['startup']:.1f})")
         print(f"  statistics and report               {w1 - g1:6.1f}")
 
 
