@@ -213,7 +213,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
             param_space={"trial": ray.tune.grid_search(trial_order(models, splits, cfg.preprocess.image_size)),
                          "cfg": config_to_dict(cfg), "out": out, "manifest": job.manifest, "splits": job.splits,
                          "storage_path": job.storage_path},
-            # Not reuse_actors: with a TorchTrainer inside, the grid stalls once the first trials end (Ray 2.60).
+            # Not reuse_actors: with it this grid stalled once its first trials ended (Ray 2.60, cause not found).
             tune_config=TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials or None),
             run_config=RunConfig(name=EXPERIMENT_NAME, storage_path=job.fs_path, storage_filesystem=fs,
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
