@@ -230,6 +230,10 @@ class RayConfig(_Section):
     trial_driver_cpus: float = Field(0.01, gt=0)
     max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as resources allow
     max_failures: int = Field(1, ge=0)           # retries of a crashed trial
+    # A single-worker CPU trial raises its torch threads at epoch boundaries to the CPUs
+    # its node has free (the last trial then uses the cores the others left). Off by
+    # default: the thread count changes float rounding, so results then depend on timing.
+    elastic_threads: bool = False
     # Where Ray Tune/Train keep their state; null: <out>/ray.
     storage_path: Optional[str] = None
 

@@ -98,6 +98,37 @@ def trial_setup(cfg: Config) -> None:
     ray_env()
 
 
+def own_threads(cpus_per_worker: float) -> int:
+    """Torch threads a worker runs with from its CPU allotment (whole CPUs, at least one)."""
+    return max(1, int(cpus_per_worker))
+
+
+def elastic_threads(own: int, free_cpus: float, node_cpus: float, cap: int = 0) -> int:
+    """Torch threads for a single-worker trial at an epoch boundary: its own `own`, plus
+    every whole CPU of its node that no task, actor or placement group holds (`free_cpus`,
+    Ray's logical count), at most the node's `node_cpus` and `cap` (train.threads; 0: none).
+    A trial that is alone on a 2-CPU node takes both; two trials keep one each."""
+    n = own + max(0, int(free_cpus + 1e-6))  # Ray counts resources in 1e-4 steps
+    n = min(n, max(1, int(node_cpus + 1e-6)))
+    if cap:
+        n = min(n, cap)
+    return max(1, n)
+
+
+def node_cpus_free() -> tuple[float, float] | None:
+    """(free, total) logical CPUs of the node this process runs on; None if Ray cannot say."""
+    import ray
+    from ray._private import state  # DeveloperAPI: Ray has no public per-node view of free resources
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        free = state.available_resources_per_node().get(node, {}).get("CPU", 0.0)
+        total = state.total_resources_per_node().get(node, {}).get("CPU", 0.0)
+    except Exception:  # a slow or restarting GCS: keep the threads as they are
+        return None
+    return float(free), float(total)
+
+
 def worker_setup(cfg: Config) -> str:
     """Storage, thread count and device inside a Ray Train worker; returns the device.
 
@@ -108,5 +139,5 @@ def worker_setup(cfg: Config) -> str:
     import torch
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.set_num_threads(own_threads(cfg.ray.cpus_per_worker))
     return str(ray.train.torch.get_device())
