@@ -260,26 +260,22 @@ def _parquet_bytes(table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_size: int,
-            overlay_format: str = "jpeg", overlay_quality: int = 85, overlay_max_side: int = 256,
-            path_map_uri: str | None = None):
-    """Maps back to the original geometry, their shape features (pixels and mm) and cam_in_field,
-    overlays; with `path_map_uri`, the row_id -> path map written there and the paths dropped;
-    drops the pixels; the fixed output schema."""
-    import pyarrow as pa
-
+def finish_features(batch, region: float, cam_size: int) -> tuple[dict, list]:
+    """The maps of a block's ok rows (pyarrow table or its `to_pydict()`) put back over their crops,
+    with their shape features (pixels and mm), cam_in_field and the crop box: (columns, one
+    (map over the crop, Geometry) or None per row). The `cam` column holds the maps over the crops."""
     from thyro.geometry import Geometry, model_map_to_crop
     from thyro.predictor import cam_in_field
-    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_features, cam_physical, overlay_image
-    from thyro.transforms import Preset
+    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_features, cam_physical
 
-    p = Preset.from_dict(preset)
-    batch = table.to_pydict()
-    n = table.num_rows
+    if not isinstance(batch, dict):
+        batch = batch.to_pydict()
+    n = len(batch["status"])
     extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], *CAM_PHYSICAL, "cam_in_field",
                                      "cam_height", "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
-                                     "field_source", "overlay_uri")}
-    files = {}
+                                     "field_source")}
+    extra["cam"] = list(batch["cam"])
+    maps = [None] * n
     for i in range(n):
         if batch["status"][i] != "ok":
             continue
@@ -289,7 +285,7 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
         field = np.unpackbits(np.frombuffer(batch["field_model"][i], np.uint8))[:g.size * g.size]
         extra["cam_in_field"][i] = cam_in_field(cam_model, field.reshape(g.size, g.size).astype(bool))
         cam = model_map_to_crop(cam_model, g, cam_size)
-        batch["cam"][i] = cam.astype(np.float16).tobytes()
+        extra["cam"][i] = cam.astype(np.float16).tobytes()
         extra["cam_height"][i], extra["cam_width"][i] = cam.shape
         for k, v in cam_features(cam, region).items():
             extra[k][i] = v
@@ -298,6 +294,32 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
         for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
             extra[k][i] = v
         extra["field_source"][i] = g.field_source
+        maps[i] = (cam, g)
+    return extra, maps
+
+
+def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_size: int,
+            overlay_format: str = "jpeg", overlay_quality: int = 85, overlay_max_side: int = 256,
+            path_map_uri: str | None = None):
+    """Maps back to the original geometry, their shape features (pixels and mm) and cam_in_field,
+    overlays; with `path_map_uri`, the row_id -> path map written there and the paths dropped;
+    drops the pixels; the fixed output schema."""
+    import pyarrow as pa
+
+    from thyro.scoring import overlay_image
+    from thyro.transforms import Preset
+
+    p = Preset.from_dict(preset)
+    batch = table.to_pydict()
+    n = table.num_rows
+    extra, maps = finish_features(batch, region, cam_size)
+    batch["cam"] = extra.pop("cam")
+    extra["overlay_uri"] = [None] * n
+    files = {}
+    for i in range(n):
+        if maps[i] is None:
+            continue
+        cam, g = maps[i]
         if overlays == "all" or (overlays == "errors_and_positives" and batch["label"][i] == "malignant"):
             uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.{OVERLAY_EXT[overlay_format]}")
             img = np.frombuffer(batch["pixels"][i], np.float32).reshape(3, p.image_size, p.image_size)

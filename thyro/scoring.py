@@ -94,6 +94,35 @@ def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
     return "." in name and name.endswith(tuple(extensions))
 
 
+def decode_for(data: bytes, name: str, preset: Preset, frames: str | None = None, frame_step: int = 1,
+               max_frames: int = 0):
+    """The frames a preset scores of one file (`decode.DecodedImage`); raises DecodeError."""
+    from thyro.decode import decode_image
+
+    policy = frames or preset.frame
+    sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
+    return decode_image(data, name, policy, **sampling)
+
+
+def frame_rows(decoded, input_uri: str, sha: str, preset: Preset) -> list[dict]:
+    """The ok rows of a decoded file: per frame and pane, the crop the model sees (normalised
+    pixels), its geometry in the original image, its field on the model input, mm per pixel."""
+    from thyro.preprocess import crop_field
+    from thyro.predictor import field_mask_on_input
+
+    rows = []
+    for i, img in decoded.frames:
+        for c in crop_field(img, preset, decoded.regions):
+            field = np.packbits(field_mask_on_input(c, preset, img))
+            my, mx = crop_mm_per_pixel(c.box, decoded.regions)
+            rows.append({"input_uri": input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                         "status": "ok", "error": None, "pixels": eval_tensor(c.image, preset).numpy(),
+                         "height": int(img.shape[0]), "width": int(img.shape[1]),
+                         "geometry": json.dumps(c.geometry(preset).to_dict()),
+                         "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
+    return rows
+
+
 def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "",
             skip_extensions=SIDE_FILE_EXTENSIONS, frame_step: int = 1, max_frames: int = 0) -> list[dict]:
     """Read and decode an item, crop each frame as the preset says, preprocess; errors become rows.
@@ -104,9 +133,7 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
     (`skip_extensions`) is a `skipped` row, counted apart from errors. Rows carry the crop's
     mm per pixel where the DICOM's ultrasound regions give it.
     """
-    from thyro.decode import NotAnImageError, decode_image
-    from thyro.preprocess import crop_field
-    from thyro.predictor import field_mask_on_input
+    from thyro.decode import NotAnImageError
 
     t0 = time.perf_counter()
     if item.error:
@@ -123,19 +150,8 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
         else:
             sha = hashlib.sha256(data).hexdigest()
             try:
-                policy = frames or preset.frame
-                sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
-                decoded = decode_image(data, item.input_uri, policy, **sampling)
-                rows = []
-                for i, img in decoded.frames:
-                    for c in crop_field(img, preset, decoded.regions):
-                        field = np.packbits(field_mask_on_input(c, preset, img))
-                        my, mx = crop_mm_per_pixel(c.box, decoded.regions)
-                        rows.append({"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
-                                     "status": "ok", "error": None, "pixels": eval_tensor(c.image, preset).numpy(),
-                                     "height": int(img.shape[0]), "width": int(img.shape[1]),
-                                     "geometry": json.dumps(c.geometry(preset).to_dict()),
-                                     "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
+                decoded = decode_for(data, item.input_uri, preset, frames, frame_step, max_frames)
+                rows = frame_rows(decoded, item.input_uri, sha, preset)
             except NotAnImageError as e:
                 rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
