@@ -273,11 +273,13 @@ def _parquet_bytes(table) -> bytes:
 
 def finish_features(batch, region: float, cam_size: int) -> tuple[dict, list]:
     """The maps of a block's ok rows (pyarrow table or its `to_pydict()`) put back over their crops,
-    with their shape features (pixels and mm), cam_in_field and the crop box: (columns, one
+    with their shape features (pixels: one batched pass, `shape.region_features_batch`; mm),
+    cam_in_field and the crop box: (columns, one
     (map over the crop, Geometry) or None per row). The `cam` column holds the maps over the crops."""
+    from thyro import shape
     from thyro.geometry import Geometry, model_map_to_crop
     from thyro.predictor import cam_in_field
-    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_features, cam_physical
+    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_physical
 
     if not isinstance(batch, dict):
         batch = batch.to_pydict()
@@ -298,14 +300,16 @@ def finish_features(batch, region: float, cam_size: int) -> tuple[dict, list]:
         cam = model_map_to_crop(cam_model, g, cam_size)
         extra["cam"][i] = cam.astype(np.float16).tobytes()
         extra["cam_height"][i], extra["cam_width"][i] = cam.shape
-        for k, v in cam_features(cam, region).items():
-            extra[k][i] = v
         for k, v in cam_physical(cam, g, batch["mm_per_pixel_y"][i], batch["mm_per_pixel_x"][i], region).items():
             extra[k][i] = v
         for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
             extra[k][i] = v
         extra["field_source"][i] = g.field_source
         maps[i] = (cam, g)
+    ok = [i for i in range(n) if maps[i] is not None]
+    for i, feats in zip(ok, shape.region_features_batch([maps[i][0] for i in ok], region)):
+        for k, v in feats.items():
+            extra[f"cam_{k}"][i] = v
     return extra, maps
 
 
