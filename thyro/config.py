@@ -252,6 +252,9 @@ class ScoreConfig(_Section):
     threads: int = Field(0, ge=0)  # torch threads per actor; 0: the node's cores / actors
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Where JPEGs scored whole (preset field: none) are decoded: in the CPU tasks, or by the
+    # predictor actor on its device (nvjpeg on a GPU); auto: the actor when it has a GPU.
+    decode_on: Literal["auto", "cpu", "actor"] = "auto"
     cam_size: int = Field(56, ge=8, le=512)
     # Overlays cost about as much as the model: all rows, only rows labelled malignant
     # (error rows have no map), or none; bounded in size and lossy by default.
