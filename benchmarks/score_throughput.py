@@ -265,6 +265,8 @@ def main() -> None:
               f"b/c = {b / c:.2f}   a/d = {a / d:.2f} (>= 1.5)")
         print(f"driver peak RSS: {one['rss_mb']:.0f} MB at {args.n} images, {big['rss_mb']:.0f} MB at "
               f"{args.n * args.scale}: ratio {big['rss_mb'] / one['rss_mb']:.2f} (<= 1.2)")
+        print("RESULT " + json.dumps({"a": a, "b": b, "c": c, "d": d, "ceiling": ceiling, "non_model_ms": non_model,
+                                      "rss_ratio": big["rss_mb"] / one["rss_mb"], "device": str(p.device)}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

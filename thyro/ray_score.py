@@ -591,11 +591,12 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         before, t_chunk = _parquet_files(pred_dir), time.perf_counter()
         # Small blocks keep the stream moving: the actors start on the first
         # decoded batch instead of waiting for a quarter of the chunk.
-        blocks = max(1, -(-len(chunk) // (2 * s.batch_size)))
+        blocks = max(1, -(-len(chunk) // (s.block_batches * s.batch_size)))
         ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=blocks)
         ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow", **cpu_task_args)
         ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size,
-                            compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
+                            compute=ActorPoolStrategy(min_size=min(s.min_actors, s.actors), max_size=s.actors,
+                                                      max_tasks_in_flight_per_actor=s.tasks_in_flight_per_actor),
                             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
                             batch_format="pyarrow")
         ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
