@@ -42,8 +42,8 @@ def main() -> None:
         for k, g in enumerate(GRID):
             sets = [*args.set, *(f"{key}={v}" for key, v in g.items())]
             r = _pipeline(model, archive, os.path.join(tmp, f"out{k}"), sets)
-            print(f"  {', '.join(f'{key.split('.')[1]}={v}' for key, v in g.items())}: "
-                  f"{args.n / r['seconds']:6.1f} img/s ({r['seconds']:.1f}s)", flush=True)
+            name = ", ".join(f"{key.split('.')[1]}={v}" for key, v in g.items())
+            print(f"  {name}: {args.n / r['seconds']:6.1f} img/s ({r['seconds']:.1f}s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
