@@ -282,8 +282,14 @@ class ScoreConfig(_Section):
     chunk_mib: int = Field(256, ge=1)
     # Rows per Parquet file: fewer, larger files; a kill loses at most this many.
     rows_per_file: int = Field(1000, ge=1)
-    # Predictor actor pool; on 2 CPUs a whole CPU per actor starves the read tasks.
+    # Predictor actor pool; on 2 CPUs a whole CPU per actor starves the read tasks. The pool
+    # starts at min_actors and grows to actors as nodes join (README: "Ray Data knobs").
     actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1)
+    # Batches a predictor actor may have queued: > 1 keeps it busy while the next block is fetched.
+    tasks_in_flight_per_actor: int = Field(2, ge=1)
+    # Items per decode task (one Ray Data block), in predictor batches.
+    block_batches: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
     # CPU tasks on either side of the actors: decode + preprocess, and shape
@@ -293,6 +299,9 @@ class ScoreConfig(_Section):
     threads: int = Field(0, ge=0)  # torch threads per actor; 0: the node's cores / actors
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Where JPEGs scored whole (preset field: none) are decoded: in the CPU tasks, or by the
+    # predictor actor on its device (nvjpeg on a GPU); auto: the actor when it has a GPU.
+    decode_on: Literal["auto", "cpu", "actor"] = "auto"
     cam_size: int = Field(56, ge=8, le=512)
     # Overlays cost about as much as the model: all rows, only rows labelled malignant
     # (error rows have no map), or none; bounded in size and lossy by default.

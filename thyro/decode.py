@@ -67,6 +67,9 @@ class DecodedImage:
     regions: list["UltrasoundRegion"] = field(default_factory=list)  # DICOM ultrasound regions
     source: Literal["dicom", "image"] = "image"
     bits: int | None = None                      # bits per sample before mapping to 8
+    # (H, W) of the file's image when the frames were decoded smaller (JPEG's DCT scaling,
+    # `min_side`); None: the frames are the image's full size. Geometry is reported in it.
+    full_shape: tuple[int, int] | None = None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -156,7 +159,17 @@ def _pil_int_format(im: Image.Image) -> tuple[int, bool]:
     return bits, int(fmt[0] if isinstance(fmt, tuple) else fmt) == 2
 
 
-def _decode_pil(data: bytes, name: str, bit_depth: int | None = None) -> tuple[np.ndarray, int | None]:
+def jpeg_scale(h: int, w: int, min_side: int | None, min_long_side: int = 0) -> int:
+    """The largest JPEG DCT-domain reduction (8, 4, 2, else 1) that keeps the smaller side >= min_side
+    and the longer side >= min_long_side."""
+    if not min_side:
+        return 1
+    return next((s for s in (8, 4, 2) if min(h, w) // s >= min_side and max(h, w) // s >= min_long_side), 1)
+
+
+def _decode_pil(data: bytes, name: str, bit_depth: int | None = None, min_side: int | None = None,
+                min_long_side: int = 0) -> tuple[np.ndarray, int | None, tuple[int, int] | None]:
+    full = None
     try:
         with warnings.catch_warnings():
             # Size is checked below against our own limit; PIL's warning would only be noise.
@@ -165,7 +178,16 @@ def _decode_pil(data: bytes, name: str, bit_depth: int | None = None) -> tuple[n
         with im:
             check_size(name, im.height, im.width)  # before decoding any pixel
             bits, signed = _pil_int_format(im) if im.mode.startswith("I") else (None, False)
+            k = jpeg_scale(im.height, im.width, min_side, min_long_side) if im.format == "JPEG" else 1
+            if k > 1:
+                # libjpeg scales in the DCT domain: 1/k of the pixels decoded, not decoded and dropped.
+                size = im.size
+                im.draft(None, (im.width // k, im.height // k))
+                if im.size != size:
+                    full = size
             im = ImageOps.exif_transpose(im)
+            if full is not None and (im.size[0] > im.size[1]) != (full[0] > full[1]):
+                full = full[::-1]  # EXIF turned the picture a quarter
             mode = im.mode
             if mode == "P" or mode == "PA":
                 im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
@@ -191,7 +213,7 @@ def _decode_pil(data: bytes, name: str, bit_depth: int | None = None) -> tuple[n
         arr = scale_to_uint8(arr)
     else:
         bits = 8 if arr.dtype == np.uint8 else bits
-    return to_rgb(arr), bits
+    return to_rgb(arr), bits, None if full is None else (full[1], full[0])
 
 
 def select_frames(n: int, policy: FramePolicy | int, frame_step: int = 1, max_frames: int = 0) -> list[int]:
@@ -214,13 +236,18 @@ def select_frames(n: int, policy: FramePolicy | int, frame_step: int = 1, max_fr
 
 
 def decode_image(data: bytes, name: str, frames: FramePolicy | int = "first", frame_step: int = 1,
-                 max_frames: int = 0, *, bit_depth: int | None = None) -> DecodedImage:
+                 max_frames: int = 0, *, bit_depth: int | None = None, min_side: int | None = None,
+                 min_long_side: int = 0) -> DecodedImage:
     """Decode bytes into frames plus what the file says about them; raises DecodeError naming `name`.
 
     A plain image is one frame, whatever the frame policy (mixed archives share one policy).
 
     `bit_depth` fixes the nominal range of integer PNG/TIFF data (e.g. 12 for
     12-bit data stored in 16-bit PNGs); DICOM files carry their own.
+    `min_side`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (`jpeg_scale`) as long as
+    its smaller side keeps this many pixels (and its longer side `min_long_side`);
+    `full_shape` then gives the image's own size.
+    DICOM, PNG and the rest always decode at full size.
     """
     if len(data) == 0:
         raise DecodeError(name, "file is empty (0 bytes)")
@@ -229,8 +256,8 @@ def decode_image(data: bytes, name: str, frames: FramePolicy | int = "first", fr
 
         frames_, regions, bits = decode_dataset(data, name, frames, frame_step, max_frames)
         return DecodedImage(frames_, regions, "dicom", bits)
-    img, bits = _decode_pil(data, name, bit_depth)
-    return DecodedImage([(0, img)], [], "image", bits)
+    img, bits, full = _decode_pil(data, name, bit_depth, min_side, min_long_side)
+    return DecodedImage([(0, img)], [], "image", bits, full)
 
 
 def decode_frames(data: bytes, name: str, frames: FramePolicy | int = "first", frame_step: int = 1,

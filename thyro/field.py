@@ -181,19 +181,9 @@ def union_mask(fields, shape) -> np.ndarray:
     return out
 
 
-def inscribed_box(mask: np.ndarray, work: int = 128) -> tuple[int, int, int, int]:
-    """The largest axis-aligned rectangle inside a field mask, (y0, x0, y1, x1) end-exclusive.
-
-    Cropping a fan to its bounding box leaves the fan's outline (black corners) in
-    view, and the outline tells the probe, the scanner and so the centre: a shortcut
-    as strong as burned-in text. Inside this rectangle no edge of the field remains.
-    Found on a copy at most `work` px on a side (maximal rectangle under a histogram,
-    one pass per row), then mapped back; a rectangular field gives its own box.
-    """
-    h, w = mask.shape
-    s = min(1.0, work / max(h, w))
-    small = cv2.resize(mask.astype(np.uint8), (max(1, round(w * s)), max(1, round(h * s))),
-                       interpolation=cv2.INTER_NEAREST).astype(bool) if s < 1 else mask.astype(bool)
+def _largest_rect_scan(small: np.ndarray) -> tuple[int, tuple[int, int, int, int]]:
+    """(area, box) of the largest True rectangle: maximal rectangle under a histogram, one pass per
+    row; of equal areas the first found (lowest bottom row, then leftmost right edge, then tallest)."""
     sh, sw = small.shape
     heights = np.zeros(sw, int)
     best, best_box = 0, (0, 0, sh, sw)
@@ -209,6 +199,49 @@ def inscribed_box(mask: np.ndarray, work: int = 128) -> tuple[int, int, int, int
                 if area > best:
                     best, best_box = area, (y - heights[top] + 1, left, y + 1, x)
             stack.append(x)
+    return best, best_box
+
+
+def _largest_rect_rows(small: np.ndarray) -> tuple[int, tuple[int, int, int, int]] | None:
+    """`_largest_rect_scan`'s answer, ties broken alike, for a mask whose every row is one run (a
+    field: convex), in array operations: the rows y0..y1 hold the columns all their runs share, so
+    every (y0, y1) pair is one candidate. None when a row has gaps (the scan then decides)."""
+    sh, sw = small.shape
+    any_ = small.any(1)
+    left = np.where(any_, small.argmax(1), sw)
+    right = np.where(any_, sw - small[:, ::-1].argmax(1), 0)
+    if not np.array_equal(small.sum(1), np.maximum(right - left, 0)):
+        return None
+    rows = np.arange(sh)
+    below = rows[None, :] >= rows[:, None]  # [y0, y1]: y1 at or below y0
+    lo = np.maximum.accumulate(np.where(below, left[None, :], -1), axis=1)
+    hi = np.minimum.accumulate(np.where(below, right[None, :], sw + 1), axis=1)
+    area = np.where(below, np.maximum(hi - lo, 0) * (rows[None, :] - rows[:, None] + 1), 0)
+    best = int(area.max())
+    if best == 0:
+        return 0, (0, 0, sh, sw)
+    y0s, y1s = np.nonzero(area == best)
+    k = np.lexsort((y0s, hi[y0s, y1s], y1s))[0]  # the scan's order: bottom row, right edge, height
+    y0, y1 = int(y0s[k]), int(y1s[k])
+    return best, (y0, int(lo[y0, y1]), y1 + 1, int(hi[y0, y1]))
+
+
+def inscribed_box(mask: np.ndarray, work: int = 128) -> tuple[int, int, int, int]:
+    """The largest axis-aligned rectangle inside a field mask, (y0, x0, y1, x1) end-exclusive.
+
+    Cropping a fan to its bounding box leaves the fan's outline (black corners) in
+    view, and the outline tells the probe, the scanner and so the centre: a shortcut
+    as strong as burned-in text. Inside this rectangle no edge of the field remains.
+    Found on a copy at most `work` px on a side (for a convex field in array operations,
+    `_largest_rect_rows`; else a maximal rectangle under a histogram, one pass per row), then
+    mapped back; a rectangular field gives its own box.
+    """
+    h, w = mask.shape
+    s = min(1.0, work / max(h, w))
+    small = cv2.resize(mask.astype(np.uint8), (max(1, round(w * s)), max(1, round(h * s))),
+                       interpolation=cv2.INTER_NEAREST).astype(bool) if s < 1 else mask.astype(bool)
+    found = _largest_rect_rows(small)
+    best, best_box = found if found is not None else _largest_rect_scan(small)
     if best == 0:
         return (0, 0, h, w)
     k = 1 / s

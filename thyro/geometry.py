@@ -35,6 +35,19 @@ class Geometry:
         return cls(shape=tuple(d["shape"]), box=tuple(d["box"]), size=int(d["size"]), inner=tuple(d["inner"]),
                    field_source=d.get("field_source", "none"))
 
+    def at_shape(self, shape: tuple[int, int]) -> "Geometry":
+        """The same crop on the image decoded at another size (`shape`, e.g. the file's full size
+        when a JPEG was decoded reduced): the box scaled and rounded; the model input unchanged."""
+        h, w = self.shape
+        H, W = int(shape[0]), int(shape[1])
+        if (h, w) == (H, W):
+            return self
+        y0, x0, y1, x1 = self.box
+        sy, sx = H / h, W / w
+        box = (min(H - 1, round(y0 * sy)), min(W - 1, round(x0 * sx)), min(H, round(y1 * sy)), min(W, round(x1 * sx)))
+        box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+        return Geometry(shape=(H, W), box=box, size=self.size, inner=self.inner, field_source=self.field_source)
+
     @property
     def crop_shape(self) -> tuple[int, int]:
         y0, x0, y1, x1 = self.box

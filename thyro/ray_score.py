@@ -82,7 +82,8 @@ def _prep_schema():
     return pa.schema([("row_id", s), ("file_id", s), ("input_uri", s), ("frame", i64), ("pane", i64),
                       ("sha256", s), ("status", s), ("error", s), ("pixels", pa.binary()), ("width", i64),
                       ("height", i64), ("geometry", s), ("field_model", pa.binary()),
-                      ("mm_per_pixel_y", f64), ("mm_per_pixel_x", f64), ("decode_ms", f64)])
+                      ("mm_per_pixel_y", f64), ("mm_per_pixel_x", f64), ("decode_ms", f64),
+                      ("jpeg", pa.binary())])  # score.decode_on actor: the file, for the actor to decode
 
 
 def _score_key(row_id: str, sha: str | None) -> str:
@@ -171,6 +172,59 @@ class _ScoreActor:
                            cam_target=cfg.cam.target, cam_layer_name=cfg.cam.layer)
         self.faithfulness_steps = s.faithfulness_steps
 
+    def batch_tensor(self, pixels: list[bytes], size: int):
+        """(S, S, 3) uint8 squares -> the normalised (N, 3, S, S) batch: `transforms.normalize`'s
+        arithmetic, once per batch; the CPU tasks ship a quarter of the bytes of float32."""
+        import torch
+
+        u8 = np.stack([np.frombuffer(b, np.uint8).reshape(size, size, 3) for b in pixels])
+        t = torch.from_numpy(u8).permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(self.p.preset.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.p.preset.std).view(1, 3, 1, 1)
+        return (t - mean) / std
+
+    def _decode_here(self, table, ok: list[int]):
+        """Rows that carry their JPEG (score.decode_on: actor) decoded on this actor's device in one
+        batch (`thyro.jpeg_batch`), fitted and normalised there; the others as shipped. -> the table
+        with those rows' pixels, size, geometry and status filled in (and no `jpeg` column), the
+        rows still ok, and their batch."""
+        import pyarrow as pa
+        import torch
+
+        from thyro import jpeg_batch
+        from thyro.geometry import Geometry
+
+        p, dev = self.p.preset, self.p.device
+        cols = {k: table.column(k).to_pylist() for k in ("status", "error", "pixels", "geometry", "height", "width")}
+        jpeg = table.column("jpeg").to_pylist()
+        here = [i for i in ok if jpeg[i] is not None]
+        squares = {}
+        for i, img in zip(here, jpeg_batch.decode_batch([jpeg[i] for i in here], dev) if here else []):
+            if isinstance(img, Exception):
+                cols["status"][i], cols["error"][i] = "error", f"cannot decode image: {img}"
+                continue
+            sq, inner = jpeg_batch.to_square(img, p)
+            squares[i] = sq
+            h, w = int(img.shape[1]), int(img.shape[2])
+            cols["pixels"][i] = sq.permute(1, 2, 0).contiguous().cpu().numpy().tobytes()  # for the overlay
+            cols["geometry"][i] = json.dumps(Geometry(shape=(h, w), box=(0, 0, h, w), size=p.image_size,
+                                                      inner=inner).to_dict())
+            cols["height"][i], cols["width"][i] = h, w
+        ok = [i for i in ok if cols["status"][i] == "ok"]
+        shipped = [i for i in ok if i not in squares]
+        parts = {}
+        if squares:
+            done = jpeg_batch.normalise(torch.stack([squares[i] for i in ok if i in squares]), p)
+            parts.update(zip([i for i in ok if i in squares], done))
+        if shipped:
+            parts.update(zip(shipped, self.batch_tensor([cols["pixels"][i] for i in shipped],
+                                                        p.image_size).to(dev)))
+        x = torch.stack([parts[i] for i in ok]) if ok else None
+        schema = table.schema
+        for k, v in cols.items():
+            table = table.set_column(schema.get_field_index(k), k, pa.array(v, type=schema.field(k).type))
+        return table.drop_columns(["jpeg"]), ok, x
+
     def __call__(self, table):
         import pyarrow as pa
         import torch
@@ -180,9 +234,12 @@ class _ScoreActor:
         size = self.p.preset.image_size
         prob, margin, label, cam, target, ms = ([None] * n for _ in range(6))
         faith = {k: [None] * n for k in FAITHFULNESS_COLUMNS}
-        if ok:
+        if "jpeg" in table.column_names:
+            table, ok, x = self._decode_here(table, ok)
+        elif ok:
             px = table.column("pixels").to_pylist()
-            x = torch.from_numpy(np.stack([np.frombuffer(px[i], np.float32).reshape(3, size, size) for i in ok]))
+            x = self.batch_tensor([px[i] for i in ok], size)
+        if ok:
             t0 = time.perf_counter()
             out = self.p.predict_tensor(x)
             per_image = (time.perf_counter() - t0) * 1000 / len(ok)
@@ -209,9 +266,34 @@ class _ScoreActor:
         return table
 
 
-def prepare_block(items, preset, s, skip: set[str] = frozenset()):
+def _bytes_row(item, preset, s) -> dict | None:
+    """score.decode_on actor: a JPEG the actor can decode (`jpeg_batch.eligible`) as a row that
+    carries its bytes, read and hashed here and nothing more; None: the CPU path takes it."""
+    from thyro.jpeg_batch import eligible
+    from thyro.scoring import file_id, row_id, side_file
+    from thyro.sources import read_item
+
+    if item.error or (s.skip_extensions and side_file(item.input_uri, s.skip_extensions)):
+        return None
+    t0 = time.perf_counter()
+    try:
+        data = read_item(item)
+    except Exception:
+        return None  # prepare() reads it again and says what is wrong
+    hw = eligible(data, preset)
+    if hw is None:
+        return None
+    return {"row_id": row_id(item.input_uri, 0, s.hash_salt), "file_id": file_id(item.input_uri, s.hash_salt),
+            "input_uri": item.input_uri, "frame": 0, "pane": 0, "sha256": hashlib.sha256(data).hexdigest(),
+            "status": "ok", "error": None, "pixels": None, "height": hw[0], "width": hw[1], "geometry": None,
+            "field_model": None, "mm_per_pixel_y": None, "mm_per_pixel_x": None, "jpeg": data,
+            "decode_ms": (time.perf_counter() - t0) * 1000}
+
+
+def prepare_block(items, preset, s, skip: set[str] = frozenset(), on_actor: bool = False):
     """A block of discovered items (pyarrow: input_uri, data, error) -> decoded, preprocessed rows
-    (`_prep_schema`), without the rows whose key is in `skip`; never raises per input."""
+    (`_prep_schema`), without the rows whose key is in `skip`; never raises per input. `on_actor`:
+    JPEGs the actor can decode travel as bytes (`_bytes_row`), the rest as always."""
     import pyarrow as pa
 
     from thyro.scoring import prepare
@@ -219,12 +301,17 @@ def prepare_block(items, preset, s, skip: set[str] = frozenset()):
 
     out = []
     for u, data, err in zip(*(items.column(c).to_pylist() for c in ("input_uri", "data", "error"))):
+        raw = _bytes_row(Item(u, data, err), preset, s) if on_actor else None
+        if raw is not None:
+            if _score_key(raw["row_id"], raw["sha256"]) not in skip:
+                out.append(raw)
+            continue
         for r in prepare(Item(u, data, err), preset, s.frames, s.hash_salt, s.skip_extensions,
-                         s.frame_step, s.max_frames):
+                         s.frame_step, s.max_frames, as_uint8=True):
             if _score_key(r["row_id"], r["sha256"]) in skip:
                 continue
             px = r.pop("pixels")
-            r["pixels"] = None if px is None else np.ascontiguousarray(px, np.float32).tobytes()
+            r["pixels"] = None if px is None else np.ascontiguousarray(px, np.uint8).tobytes()
             out.append(r)
     return pa.Table.from_pylist(out, schema=_prep_schema())
 
@@ -238,6 +325,55 @@ def _redact(text: str | None, uri: str) -> str | None:
     return text
 
 
+def finish_features(batch, region: float, cam_size: int) -> tuple[dict, list]:
+    """The maps of a block's ok rows (pyarrow table or its `to_pydict()`) put back over their crops,
+    with their shape features (pixels: one batched pass, `shape.region_features_batch`; mm),
+    cam_in_field and the crop box: (columns, one
+    (map over the crop, Geometry) or None per row). The `cam` column holds the maps over the crops."""
+    from thyro import shape
+    from thyro.geometry import Geometry, model_map_to_crop
+    from thyro.predictor import cam_in_field
+    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_physical
+
+    if not isinstance(batch, dict):
+        batch = batch.to_pydict()
+    n = len(batch["status"])
+    extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], *CAM_PHYSICAL, "cam_in_field",
+                                     "cam_height", "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
+                                     "field_source")}
+    extra["cam"] = list(batch["cam"])
+    maps = [None] * n
+    for i in range(n):
+        if batch["status"][i] != "ok":
+            continue
+        c = batch["cam_size"][i]
+        g = Geometry.from_dict(json.loads(batch["geometry"][i]))
+        cam_model = np.frombuffer(batch["cam"][i], np.float16).reshape(c, c).astype(np.float32)
+        if batch["field_model"][i] is not None:
+            field = np.unpackbits(np.frombuffer(batch["field_model"][i], np.uint8))[:g.size * g.size]
+            field = field.reshape(g.size, g.size).astype(bool)
+        else:  # decoded by the actor: the field is found on the square the model saw
+            from thyro.field import detect_fields, union_mask
+
+            square = np.frombuffer(batch["pixels"][i], np.uint8).reshape(g.size, g.size, 3)
+            field = union_mask(detect_fields(square), (g.size, g.size))
+        extra["cam_in_field"][i] = cam_in_field(cam_model, field)
+        cam = model_map_to_crop(cam_model, g, cam_size)
+        extra["cam"][i] = cam.astype(np.float16).tobytes()
+        extra["cam_height"][i], extra["cam_width"][i] = cam.shape
+        for k, v in cam_physical(cam, g, batch["mm_per_pixel_y"][i], batch["mm_per_pixel_x"][i], region).items():
+            extra[k][i] = v
+        for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
+            extra[k][i] = v
+        extra["field_source"][i] = g.field_source
+        maps[i] = (cam, g)
+    ok = [i for i in range(n) if maps[i] is not None]
+    for i, feats in zip(ok, shape.region_features_batch([maps[i][0] for i in ok], region)):
+        for k, v in feats.items():
+            extra[f"cam_{k}"][i] = v
+    return extra, maps
+
+
 def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_size: int,
             overlay_format: str = "jpeg", overlay_quality: int = 85, overlay_max_side: int = 256,
             path_map_uri: str | None = None):
@@ -246,39 +382,23 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
     drops the pixels; the fixed output schema."""
     import pyarrow as pa
 
-    from thyro.geometry import Geometry, model_map_to_crop
-    from thyro.predictor import cam_in_field
-    from thyro.scoring import CAM_FEATURES, CAM_PHYSICAL, cam_features, cam_physical, overlay_image
+    from thyro.scoring import overlay_image
     from thyro.transforms import Preset
 
     p = Preset.from_dict(preset)
     batch = table.to_pydict()
     n = table.num_rows
-    extra = {k: [None] * n for k in (*[f"cam_{k}" for k in CAM_FEATURES], *CAM_PHYSICAL, "cam_in_field",
-                                     "cam_height", "cam_width", "field_y0", "field_x0", "field_y1", "field_x1",
-                                     "field_source", "overlay_uri")}
+    extra, maps = finish_features(batch, region, cam_size)
+    batch["cam"] = extra.pop("cam")
+    extra["overlay_uri"] = [None] * n
     files = {}
     for i in range(n):
-        if batch["status"][i] != "ok":
+        if maps[i] is None:
             continue
-        c = batch["cam_size"][i]
-        g = Geometry.from_dict(json.loads(batch["geometry"][i]))
-        cam_model = np.frombuffer(batch["cam"][i], np.float16).reshape(c, c).astype(np.float32)
-        field = np.unpackbits(np.frombuffer(batch["field_model"][i], np.uint8))[:g.size * g.size]
-        extra["cam_in_field"][i] = cam_in_field(cam_model, field.reshape(g.size, g.size).astype(bool))
-        cam = model_map_to_crop(cam_model, g, cam_size)
-        batch["cam"][i] = cam.astype(np.float16).tobytes()
-        extra["cam_height"][i], extra["cam_width"][i] = cam.shape
-        for k, v in cam_features(cam, region).items():
-            extra[k][i] = v
-        for k, v in cam_physical(cam, g, batch["mm_per_pixel_y"][i], batch["mm_per_pixel_x"][i], region).items():
-            extra[k][i] = v
-        for k, v in zip(("field_y0", "field_x0", "field_y1", "field_x1"), g.box):
-            extra[k][i] = v
-        extra["field_source"][i] = g.field_source
+        cam, g = maps[i]
         if overlays == "all" or (overlays == "errors_and_positives" and batch["label"][i] == "malignant"):
             uri = storage.join(output, "overlays", f"{batch['row_id'][i]}.{OVERLAY_EXT[overlay_format]}")
-            img = np.frombuffer(batch["pixels"][i], np.float32).reshape(3, p.image_size, p.image_size)
+            img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(p.image_size, p.image_size, 3)
             files[uri] = overlay_image(img, cam, p, g, fmt=overlay_format, quality=overlay_quality,
                                        max_side=overlay_max_side)
             extra["overlay_uri"][i] = uri
@@ -378,6 +498,11 @@ def _summarised_ids(output: str, model_id: str) -> set[str]:
     return have
 
 
+def decode_on_actor(s) -> bool:
+    """score.decode_on: `actor` always, `cpu` never, `auto` when the actor has a GPU (nvjpeg)."""
+    return s.decode_on == "actor" or (s.decode_on == "auto" and s.gpus_per_actor > 0)
+
+
 @dataclass
 class ScoreResult:
     output: str
@@ -414,10 +539,12 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
 
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
 
+    on_actor = decode_on_actor(s)
+
     def prep(items):
         """A block of items -> a block of decoded, preprocessed rows (never raises per input)."""
         storage.configure(endpoint, region)  # this worker may not have the job's env
-        return prepare_block(items, preset, s, ray.get(done_ref))
+        return prepare_block(items, preset, s, ray.get(done_ref), on_actor)
 
     pred_dir = storage.join(output, PRED_DIR)
     fs, pred_path = storage.pyarrow_filesystem(pred_dir)
@@ -442,11 +569,12 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         before, t_chunk = _parquet_files(pred_dir), time.perf_counter()
         # Small blocks keep the stream moving: the actors start on the first
         # decoded batch instead of waiting for a quarter of the chunk.
-        blocks = max(1, -(-len(chunk) // (2 * s.batch_size)))
+        blocks = max(1, -(-len(chunk) // (s.block_batches * s.batch_size)))
         ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=blocks)
         ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow", **cpu_task_args)
         ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size,
-                            compute=ActorPoolStrategy(min_size=1, max_size=s.actors),
+                            compute=ActorPoolStrategy(min_size=min(s.min_actors, s.actors), max_size=s.actors,
+                                                      max_tasks_in_flight_per_actor=s.tasks_in_flight_per_actor),
                             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
                             batch_format="pyarrow")
         ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 
 import numpy as np
@@ -94,32 +95,70 @@ def side_file(input_uri: str, extensions=SIDE_FILE_EXTENSIONS) -> bool:
     return "." in name and name.endswith(tuple(extensions))
 
 
-def score_columns(img: np.ndarray, c, preset: Preset, regions=None) -> dict:
-    """What the score job keeps of one crop: the model's input tensor, the field in model space,
-    the geometry to map a Grad-CAM back, and the crop's scale."""
-    from thyro.predictor import field_mask_on_input
+# A JPEG is decoded reduced (1/2, 1/4, 1/8 in the DCT domain) only while its smaller side keeps
+# this many times the model's input side: the scan field, a part of the screen, must still
+# cover the input with pixels to spare (tests/test_decode_scale.py).
+DRAFT_MARGIN = 1.5
+# A preset that finds the field keeps the long side at twice the detector's working copy: on
+# 640x480 screens decoded at 1/2, JPEG's DCT scaling blurred the dark gaps between panes and
+# beside text enough to move 5 of 32 detected boxes by up to 300 px; at >= 2x, boxes kept
+# within 2% of the side (the detector's own tolerance).
+FIELD_LONG_SIDE = 2 * 256
 
-    my, mx = crop_mm_per_pixel(c.box, regions)
-    return {"pixels": eval_tensor(c.image, preset).numpy(), "height": int(img.shape[0]), "width": int(img.shape[1]),
-            "geometry": json.dumps(c.geometry(preset).to_dict()),
-            "field_model": np.packbits(field_mask_on_input(c, preset, img)).tobytes(),
-            "mm_per_pixel_y": my, "mm_per_pixel_x": mx}
+
+def decode_for(data: bytes, name: str, preset: Preset, frames: str | None = None, frame_step: int = 1,
+               max_frames: int = 0, reduce: bool = True):
+    """The frames a preset scores of one file (`decode.DecodedImage`); raises DecodeError. With
+    `reduce`, a JPEG decodes at the smallest DCT scale that keeps DRAFT_MARGIN x the input side."""
+    from thyro.decode import decode_image
+
+    policy = frames or preset.frame
+    sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
+    min_side = math.ceil(preset.image_size * DRAFT_MARGIN) if reduce else None
+    long_side = FIELD_LONG_SIDE if preset.field != "none" else 0
+    return decode_image(data, name, policy, **sampling, min_side=min_side, min_long_side=long_side)
+
+
+def frame_rows(decoded, input_uri: str, sha: str, preset: Preset, as_uint8: bool = False) -> list[dict]:
+    """The ok rows of a decoded file: per frame and pane, the crop the model sees (`pixels`:
+    normalised (3, S, S) float32, or with `as_uint8` the (S, S, 3) uint8 square, a quarter of
+    the bytes to ship; `transforms.normalize` makes the former), its geometry in the original
+    image (the file's full size also when it was decoded reduced), its field on the model
+    input, mm per pixel. Field detection runs on the decoded (maybe reduced) image."""
+    from thyro.preprocess import crop_field
+    from thyro.predictor import field_mask_on_input
+    from thyro.transforms import model_input
+
+    rows = []
+    for i, img in decoded.frames:
+        H, W = decoded.full_shape or img.shape[:2]
+        for c in crop_field(img, preset, decoded.regions):
+            field = np.packbits(field_mask_on_input(c, preset, img))
+            g = c.geometry(preset).at_shape((H, W))
+            my, mx = crop_mm_per_pixel(g.box, decoded.regions)
+            px = model_input(c.image, preset) if as_uint8 else eval_tensor(c.image, preset).numpy()
+            rows.append({"input_uri": input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                         "status": "ok", "error": None, "pixels": px, "height": int(H), "width": int(W),
+                         "geometry": json.dumps(g.to_dict()),
+                         "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
+    return rows
 
 
 def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "",
             skip_extensions=SIDE_FILE_EXTENSIONS, frame_step: int = 1, max_frames: int = 0,
-            crop_row=score_columns) -> list[dict]:
+            as_uint8: bool = False, reduce: bool = True, crop_row=None) -> list[dict]:
     """Read and decode an item, crop each frame as the preset says, preprocess; errors become rows.
 
     One row per frame (and per pane with panes: each). `frames` None: the preset's frame, the one
     the model trained on; "all" is sampled by `frame_step` and `max_frames` (`decode.select_frames`).
     A DICOMDIR, a non-image DICOM (SR, RT, presentation state) or a side file
     (`skip_extensions`) is a `skipped` row, counted apart from errors. Rows carry the crop's
-    mm per pixel where the DICOM's ultrasound regions give it. `crop_row(image, crop, preset, regions)`
-    gives an ok row's own columns (default: the score job's); it runs under the same error handling,
-    so another job (pretraining) reads inputs with exactly these rows.
+    mm per pixel where the DICOM's ultrasound regions give it. `as_uint8`, `reduce`: `frame_rows`,
+    `decode_for`. `crop_row(image, crop, preset, regions)`, when given, makes an ok row's own
+    columns instead of the score job's; it runs under the same error handling, so another job
+    (pretraining) reads inputs with exactly these rows.
     """
-    from thyro.decode import NotAnImageError, decode_image
+    from thyro.decode import NotAnImageError
     from thyro.preprocess import crop_field
 
     t0 = time.perf_counter()
@@ -137,12 +176,13 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
         else:
             sha = hashlib.sha256(data).hexdigest()
             try:
-                policy = frames or preset.frame
-                sampling = {"frame_step": frame_step, "max_frames": max_frames} if policy == "all" else {}
-                decoded = decode_image(data, item.input_uri, policy, **sampling)
-                rows = [{"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
-                         "status": "ok", "error": None, **crop_row(img, c, preset, decoded.regions)}
-                        for i, img in decoded.frames for c in crop_field(img, preset, decoded.regions)]
+                decoded = decode_for(data, item.input_uri, preset, frames, frame_step, max_frames, reduce)
+                if crop_row is None:
+                    rows = frame_rows(decoded, item.input_uri, sha, preset, as_uint8)
+                else:
+                    rows = [{"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                             "status": "ok", "error": None, **crop_row(img, c, preset, decoded.regions)}
+                            for i, img in decoded.frames for c in crop_field(img, preset, decoded.regions)]
             except NotAnImageError as e:
                 rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
@@ -172,7 +212,7 @@ JET = _jet_lut()
 
 def overlay_image(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=None, alpha: float = 0.45,
                   fmt: str = "png", quality: int = 85, max_side: int | None = None) -> bytes:
-    """What the model saw (denormalised; the field crop, in its true aspect ratio, without the
+    """What the model saw (`pixels`: normalised (3, S, S), or the (S, S, 3) uint8 square; the field crop, in its true aspect ratio, without the
     letterbox padding) with the map over it as a jet heatmap, encoded as `fmt` (png, jpeg,
     webp; `quality` for the lossy two), at most `max_side` (default the model's input side) on
     its long side. Nothing outside the crop is drawn: a preset that crops to the field leaves
@@ -182,8 +222,11 @@ def overlay_image(pixels: np.ndarray, cam: np.ndarray, preset: Preset, geometry=
     from thyro.geometry import model_map_to_crop
 
     side = min(max_side or preset.image_size, preset.image_size)
-    img = pixels.transpose(1, 2, 0) * np.asarray(preset.std, np.float32) + np.asarray(preset.mean, np.float32)
-    img = np.clip(img, 0, 1)
+    if pixels.dtype == np.uint8:  # the (S, S, 3) square itself (`frame_rows(as_uint8=True)`)
+        img = pixels.astype(np.float32) / 255
+    else:
+        img = pixels.transpose(1, 2, 0) * np.asarray(preset.std, np.float32) + np.asarray(preset.mean, np.float32)
+        img = np.clip(img, 0, 1)
     if geometry is not None:
         chans = [model_map_to_crop(img[:, :, k], geometry, max_side=side) for k in range(3)]
         img = np.clip(np.stack(chans, -1), 0, 1)

@@ -54,6 +54,85 @@ def region_features(cam: np.ndarray, threshold: float = 0.5) -> dict[str, float]
     }
 
 
+# skimage.measure.perimeter(image, 4): border pixels (the region minus its 4-erosion) classified
+# by their neighbours' pattern, each class weighted by its outline length.
+_PERIM_KERNEL = np.array([[10, 2, 10], [2, 1, 2], [10, 2, 10]])
+_PERIM_WEIGHTS = np.zeros(50)
+_PERIM_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIM_WEIGHTS[[21, 33]] = math.sqrt(2)
+_PERIM_WEIGHTS[[13, 23]] = (1 + math.sqrt(2)) / 2
+
+
+def _plane(k: np.ndarray) -> np.ndarray:
+    """A 2-D structuring element or kernel acting on each map of an (N, H, W) stack alone."""
+    out = np.zeros((3,) + k.shape, k.dtype)
+    out[1] = k
+    return out
+
+
+def region_features_batch(cams: list[np.ndarray], threshold: float = 0.5) -> list[dict[str, float]]:
+    """`region_features` of many maps (any shapes) at once: labelling, areas, boxes, moments and
+    perimeters on one zero-padded (N, H, W) stack (scipy.ndimage, structuring elements that never
+    join two maps); only the convex hull (solidity) is per map, with skimage's own function.
+    Same definitions as regionprops (tests/test_shape_batch.py checks them against it)."""
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    out: list[dict[str, float]] = [{k: float("nan") for k in FEATURES} for _ in cams]
+    cams = [np.asarray(c, dtype=np.float32) for c in cams]
+    idx = [i for i, c in enumerate(cams) if c.size and float(c.max()) > 0]
+    if not idx:
+        return out
+    H = max(cams[i].shape[0] for i in idx)
+    W = max(cams[i].shape[1] for i in idx)
+    stack = np.zeros((len(idx), H, W), bool)
+    for j, i in enumerate(idx):
+        c = cams[i]
+        # as region_features compares: a float32 map against threshold * peak (a weak Python float)
+        stack[j, :c.shape[0], :c.shape[1]] = c >= np.float32(threshold * float(c.max()))
+    labels, _ = ndimage.label(stack, structure=_plane(np.ones((3, 3), int)))
+    # Labels come in raster order, map by map: map j owns (last label of j - 1, last label of j].
+    areas = np.bincount(labels.ravel())
+    last = labels.reshape(len(idx), -1).max(1)
+    first = np.concatenate([[1], last[:-1] + 1])
+    # the largest region; ties go to the first in raster order, as max() over regionprops does
+    best = np.array([a + int(np.argmax(areas[a:b + 1])) for a, b in zip(first, last)])
+    mask = labels == best[:, None, None]
+    area = areas[best].astype(np.float64)
+    rows, cols = mask.any(2), mask.any(1)
+    y0, y1 = rows.argmax(1), H - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), W - cols[:, ::-1].argmax(1)
+    r = np.arange(H, dtype=np.float64)[None, :, None]
+    c = np.arange(W, dtype=np.float64)[None, None, :]
+    m = mask.astype(np.float64)
+    rc = (m * r).sum((1, 2)) / area
+    cc = (m * c).sum((1, 2)) / area
+    dr, dc = r - rc[:, None, None], c - cc[:, None, None]
+    mu20, mu02, mu11 = (m * dr * dr).sum((1, 2)), (m * dc * dc).sum((1, 2)), (m * dr * dc).sum((1, 2))
+    border = mask & ~ndimage.binary_erosion(mask, _plane(ndimage.generate_binary_structure(2, 1)), border_value=0)
+    pimg = ndimage.convolve(border.astype(np.uint8), _plane(_PERIM_KERNEL).astype(np.uint8), mode="constant")
+    perim = np.bincount((pimg + 50 * np.arange(len(idx))[:, None, None]).ravel(),
+                        minlength=50 * len(idx)).reshape(len(idx), 50) @ _PERIM_WEIGHTS
+    for j, i in enumerate(idx):
+        # regionprops' inertia tensor [[a, b], [b, c]] and its eigenvalues
+        a, b, cc_ = mu02[j] / area[j], -mu11[j] / area[j], mu20[j] / area[j]
+        l1, l2 = sorted(np.clip(np.linalg.eigvalsh(np.array([[a, b], [b, cc_]])), 0, None), reverse=True)
+        orient = (math.pi / 4 if b < 0 else -math.pi / 4) if a - cc_ == 0 else 0.5 * math.atan2(-2 * b, cc_ - a)
+        hull = float(convex_hull_image(mask[j, y0[j]:y1[j], x0[j]:x1[j]]).sum())
+        p = float(perim[j])
+        side = math.sqrt(cams[i].shape[0] * cams[i].shape[1])
+        out[i] = {
+            "area": float(area[j]) / cams[i].size,
+            "perimeter": p / side,
+            "circularity": float(min(4 * math.pi * area[j] / p ** 2, 1.0)) if p > 0 else 1.0,
+            "eccentricity": 0.0 if l1 == 0 else math.sqrt(1 - l2 / l1),
+            "solidity": float(area[j]) / hull,
+            "height_width": int(y1[j] - y0[j]) / int(x1[j] - x0[j]),
+            "orientation_axial": float(math.cos(2 * orient)),
+        }
+    return out
+
+
 PHYSICAL_FEATURES = ("area_mm2", "perimeter_mm", "height_mm", "width_mm")
 
 

@@ -1,0 +1,20 @@
+"""benchmarks/gpu_check.py must run unchanged the day a GPU is lent: its CPU dry run, tiny."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_reports_both_decode_paths(tiny_run, ray_cluster, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--model", tiny_run,
+                          "--n", "24", "--size", "64", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line.split(" ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 2 and all(r["b"] > 0 and r["a"] > 0 for r in results)
+    assert "decode on cpu:" in out.stdout and "decode on actor:" in out.stdout
