@@ -1,4 +1,4 @@
-"""DICOM decode throughput: one cine, uncompressed vs compressed, through thyro.decode.
+"""DICOM decode throughput: one cine, uncompressed vs compressed, through thyro.data.decode.
 
     python benchmarks/dicom_decode.py [--frames 60] [--size 480 640] [--repeat 3]
 
@@ -101,7 +101,7 @@ def _pydicom_compress(ds, syntax_uid: str) -> bytes:
 def main() -> None:
     from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless
 
-    from thyro.decode import decode_frames
+    from thyro.data.decode import decode_frames
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=60)

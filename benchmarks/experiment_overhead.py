@@ -68,8 +68,8 @@ def main() -> None:
     cfg = load_config(args.config, [parse_override(s) for s in args.set] + [
         {"train": {"epochs": args.epochs}, "experiment": {"splits": args.splits, "cam_analysis": False}}])
 
-    from thyro.inputs import prepare_inputs, read_parquet
-    from thyro.training import train_run
+    from thyro.data.inputs import prepare_inputs, read_parquet
+    from thyro.model.training import train_run
 
     with tempfile.TemporaryDirectory() as tmp:
         m_uri, s_uri = prepare_inputs(cfg, f"{tmp}/inputs", log=lambda s: None)  # phantom made once, outside timing
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"plain loop : {plain:7.1f}s  ({len(cfg.experiment.models) * len(args.splits)} trainings: "
               f"{', '.join(per)})", flush=True)
 
-        from thyro.ray_experiment import run_experiment
+        from thyro.distributed.experiment import run_experiment
 
         marks = {}
 

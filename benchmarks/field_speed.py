@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from thyro.field import detect_fields, union_mask
-from thyro.marks import suppress_marks
+from thyro.image.field import detect_fields, union_mask
+from thyro.image.marks import suppress_marks
 
 
 def screen(h, w, seed=0):

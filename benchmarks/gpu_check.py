@@ -28,7 +28,7 @@ import time
 def _experiment(args, gpu: bool) -> str:
     """1. The experiment smoke; -> the first split's run."""
     from thyro.config import load_config
-    from thyro.ray_experiment import run_dir, run_experiment
+    from thyro.distributed.experiment import run_dir, run_experiment
 
     splits = [0, 1, 2, 3] if gpu else [0, 1]
     cfg = load_config("configs/smoke.yaml", [{

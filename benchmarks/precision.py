@@ -10,7 +10,7 @@ import argparse
 import tempfile
 
 from thyro.config import load_config, parse_override
-from thyro.training import train_run
+from thyro.model.training import train_run
 
 
 def main() -> None:

@@ -5,10 +5,10 @@
         [--pretrain-minutes 15] [--pretrain-size 96] [--pretrain-batch 32] [--pretrain-precision fp32]
         [--intensity 0.4] [--speckle 0.2] [--blur-p 0.5] [--crop-scale 0.3] [--threads 1]
 
-1. Pretraining (plain PyTorch, thyro.pretraining; no Ray): SimSiam on the unlabelled images
+1. Pretraining (plain PyTorch, thyro.model.pretraining; no Ray): SimSiam on the unlabelled images
    of --data (labels ignored) plus --phantom scanner-layout phantom screens, each cropped to
-   its scan field by thyro.preprocess (preset `field`), two greyscale views per image
-   (thyro.views). The backbone and its card go to <out>/ssl/ (reused when present).
+   its scan field by thyro.image.preprocess (preset `field`), two greyscale views per image
+   (thyro.image.views). The backbone and its card go to <out>/ssl/ (reused when present).
    BUSI's test images are among the unlabelled images (pixels, never labels): the
    transductive setting of a hospital that pretrains on its whole archive.
 2. Fine-tuning with the real-data benchmark's protocol (benchmarks/real_data.py: the same
@@ -41,12 +41,12 @@ def log(s: str) -> None:
 
 
 def unlabelled_images(args, preset):
-    """-> (list of thyro.preprocess.Cropped, list of content sha256, source list)."""
-    from thyro import phantom
-    from thyro.decode import read_source
-    from thyro.manifest import load_manifest
-    from thyro.preprocess import read_crop
-    from thyro.pretraining import content_sha256
+    """-> (list of thyro.image.preprocess.Cropped, list of content sha256, source list)."""
+    from thyro.data import phantom
+    from thyro.data.decode import read_source
+    from thyro.data.manifest import load_manifest
+    from thyro.image.preprocess import read_crop
+    from thyro.model.pretraining import content_sha256
 
     paths = load_manifest(args.data)["path"].tolist()
     sources = [args.data]
@@ -71,11 +71,11 @@ def pretrain(args) -> tuple[str, dict]:
     from torch.utils.data import DataLoader, Dataset
 
     from thyro.config import load_config
-    from thyro.engine import resolve_device
-    from thyro.pretraining import make_optimizer, pretrain_card, pretrain_one_epoch, save_backbone
-    from thyro.ssl import SimSiam
-    from thyro.transforms import resolve_preset
-    from thyro.views import TwoViews
+    from thyro.image.transforms import resolve_preset
+    from thyro.image.views import TwoViews
+    from thyro.model.engine import resolve_device
+    from thyro.model.pretraining import make_optimizer, pretrain_card, pretrain_one_epoch, save_backbone
+    from thyro.model.ssl import SimSiam
 
     folder = os.path.join(args.out, "ssl")
     if os.path.exists(os.path.join(folder, "metadata.json")):
@@ -208,12 +208,12 @@ def main() -> int:
     import torch
 
     from real_data import ARMS, base_config, run_arm
-    from thyro import storage
     from thyro.config import config_to_dict, load_config
-    from thyro.decode import decode
-    from thyro.dedup import with_pseudo_patients
-    from thyro.manifest import load_manifest
-    from thyro.splits import make_splits
+    from thyro.data import storage
+    from thyro.data.decode import decode
+    from thyro.data.dedup import with_pseudo_patients
+    from thyro.data.manifest import load_manifest
+    from thyro.data.splits import make_splits
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     os.makedirs(args.out, exist_ok=True)

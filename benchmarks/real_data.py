@@ -54,11 +54,11 @@ def run_arm(arm: str, overrides: dict, *, data: str, out: str, manifest: pd.Data
     """Train (or reuse) one arm's runs in `out/<arm>/splitNN`, analyse their Grad-CAMs, and
     return its table row (None when no run is complete). `run_dirs[k]`, when given, is where
     split k's run lives instead (e.g. another benchmark's identical runs)."""
-    from thyro import checkpoint
-    from thyro.cam_analysis import analyse_run
     from thyro.config import CamConfig, load_config
-    from thyro.metrics import corrected_interval
-    from thyro.training import train_run
+    from thyro.explain.cam_analysis import analyse_run
+    from thyro.model import checkpoint
+    from thyro.model.training import train_run
+    from thyro.stats.metrics import corrected_interval
 
     log = log or (lambda s: print(s, flush=True))
     per = []
@@ -113,11 +113,11 @@ def main() -> int:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
 
-    from thyro import storage
-    from thyro.decode import decode
-    from thyro.dedup import with_pseudo_patients
-    from thyro.manifest import load_manifest
-    from thyro.splits import make_splits
+    from thyro.data import storage
+    from thyro.data.decode import decode
+    from thyro.data.dedup import with_pseudo_patients
+    from thyro.data.manifest import load_manifest
+    from thyro.data.splits import make_splits
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     os.makedirs(args.out, exist_ok=True)

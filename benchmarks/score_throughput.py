@@ -34,7 +34,7 @@ def _archive(folder: str, n: int, size: int, layout: str = "simple", fmt: str = 
     scanners export), then hard-linked (content differs by name only)."""
     from PIL import Image
 
-    from thyro import phantom
+    from thyro.data import phantom
 
     base = os.path.join(folder, "_base")
     if not os.path.exists(base):
@@ -63,7 +63,7 @@ def _archive(folder: str, n: int, size: int, layout: str = "simple", fmt: str = 
 def _with_preset(run: str, name: str, folder: str) -> str:
     """A copy of a saved run whose card names another preset (same image size): the cost of a
     preset, measured with the run's weights. Its predictions mean nothing; its timings do."""
-    from thyro.transforms import resolve_preset
+    from thyro.image.transforms import resolve_preset
 
     out = os.path.join(folder, f"run-{name}")
     shutil.copytree(run, out)
@@ -81,8 +81,8 @@ def _pipeline(model: str, archive: str, output: str, cfg_sets: list[str]) -> dic
     running cluster (as `ray job submit` finds it); wall times and peak RSS."""
     code = ("import json,resource,sys,time\n"
             "from thyro.config import load_config, parse_override\n"
-            "from thyro.ray_common import init_ray\n"
-            "from thyro.ray_score import run_score\n"
+            "from thyro.distributed.common import init_ray\n"
+            "from thyro.distributed.score import run_score\n"
             f"cfg = load_config(None, [parse_override(s) for s in {cfg_sets!r}])\n"
             "t = time.perf_counter()\n"
             "init_ray(cfg)\n"
@@ -104,9 +104,10 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
     import pyarrow.parquet as pq
     import torch
 
-    from thyro import ray_score, scoring
     from thyro.config import config_to_dict, load_config, parse_override
-    from thyro.sources import Item
+    from thyro.data.sources import Item
+    from thyro.distributed import score as ray_score
+    from thyro.model import scoring
 
     cfg = load_config(None, [parse_override(x) for x in sets])
     s, n = cfg.score, len(files)
@@ -161,7 +162,7 @@ def _ends(args, p, model, files, archive, sets, tmp):
     import numpy as np
     from PIL import Image
 
-    from thyro.decode import read_image
+    from thyro.data.decode import read_image
 
     naive_dir = os.path.join(tmp, "naive")
     os.makedirs(naive_dir)
@@ -203,9 +204,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from thyro.predictor import Predictor
-    from thyro.scoring import prepare
-    from thyro.sources import Item
+    from thyro.data.sources import Item
+    from thyro.model.predictor import Predictor
+    from thyro.model.scoring import prepare
 
     tmp = tempfile.mkdtemp(prefix="thyro-bench-")
     try:

@@ -29,10 +29,10 @@ def evaluate_external(run: str, manifest: pd.DataFrame, batch: int = 64) -> tupl
     """AUC and per-image cam_in_field (true field masks) of a saved run on another data set."""
     from sklearn.metrics import roc_auc_score
 
-    from thyro.cam_analysis import _decode, _mask
-    from thyro.geometry import original_mask_to_model
-    from thyro.predictor import Predictor, cam_in_field
-    from thyro.transforms import preprocess_batch
+    from thyro.explain.cam_analysis import _decode, _mask
+    from thyro.image.geometry import original_mask_to_model
+    from thyro.image.transforms import preprocess_batch
+    from thyro.model.predictor import Predictor, cam_in_field
 
     pr = Predictor(run, precision="bf16", cam_size=56)
     probs, cif = [], []
@@ -62,10 +62,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    from thyro import checkpoint, phantom
     from thyro.config import load_config
-    from thyro.manifest import load_manifest
-    from thyro.training import train_run
+    from thyro.data import phantom
+    from thyro.data.manifest import load_manifest
+    from thyro.model import checkpoint
+    from thyro.model.training import train_run
 
     conf_dir, clean_dir = os.path.join(args.out, "confounded"), os.path.join(args.out, "clean")
     for d, seed, sc in ((conf_dir, 0, args.shortcuts), (clean_dir, 1, 0.0)):

@@ -9,7 +9,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory):
     """A small phantom shared by the tests that only read it."""
-    from thyro import phantom
+    from thyro.data import phantom
 
     out = tmp_path_factory.mktemp("phantom")
     manifest = phantom.generate(out, n_benign=24, n_malignant=12, size=96, seed=3,
@@ -57,7 +57,7 @@ def ray_dashboard(ray_cluster) -> str:
 def tiny_run(tiny_phantom, tmp_path_factory):
     """A saved run (one epoch, 64 px) for the score tests."""
     from thyro.config import load_config
-    from thyro.training import train_run
+    from thyro.model.training import train_run
 
     out = tmp_path_factory.mktemp("scorerun")
     cfg = load_config(None, [{"data": {"source": str(tiny_phantom)}, "preprocess": {"image_size": 64},

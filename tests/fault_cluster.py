@@ -195,8 +195,8 @@ def _cfg(*layers):
 
 def experiment(lab: Lab, ctx: dict) -> dict:
     """A worker node running a trial is lost mid-training; a replacement node joins."""
-    from thyro import checkpoint
-    from thyro.ray_experiment import run_dir, run_experiment
+    from thyro.distributed.experiment import run_dir, run_experiment
+    from thyro.model import checkpoint
 
     cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}})
     clean = ctx["clean"]  # failing_trial's experiment, resumed without the fault
@@ -225,7 +225,7 @@ def experiment(lab: Lab, ctx: dict) -> dict:
 def _run(ctx: dict) -> str:
     """A saved run to score: the clean experiment's, or one trained here (plain PyTorch) if it did not run."""
     if "run" not in ctx:
-        from thyro.training import train_run
+        from thyro.model.training import train_run
 
         cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}, "train": {"epochs": 1}})
         ctx["run"] = str(Path(ctx["phantom"]).parent.parent / "run")
@@ -255,13 +255,13 @@ def _rows(output: Path) -> list[dict]:
 
 
 def _plain_scores(cfg, run: str, folder: Path) -> list[dict]:
-    """The same inputs scored without Ray, one at a time: thyro.scoring.prepare and the Predictor."""
+    """The same inputs scored without Ray, one at a time: thyro.model.scoring.prepare and the Predictor."""
     import numpy as np
     import torch
 
-    from thyro.predictor import Predictor
-    from thyro.scoring import prepare
-    from thyro.sources import Item
+    from thyro.data.sources import Item
+    from thyro.model.predictor import Predictor
+    from thyro.model.scoring import prepare
 
     p = Predictor(run, cam_size=cfg.score.cam_size)
     s = cfg.score
@@ -276,7 +276,7 @@ def _plain_scores(cfg, run: str, folder: Path) -> list[dict]:
 
 def score(lab: Lab, ctx: dict) -> dict:
     """A worker node running the predictor actor is lost mid-archive; a replacement node joins."""
-    from thyro.ray_score import run_score
+    from thyro.distributed.score import run_score
 
     src = _archive(ctx, lab.work / "archive", N_SCORE)
     _run(ctx)
@@ -305,7 +305,7 @@ def s3(lab: Lab, ctx: dict) -> dict:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from thyro.ray_score import run_score
+    from thyro.distributed.score import run_score
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -352,7 +352,7 @@ def failing_trial(lab: Lab, ctx: dict) -> dict:
     """One trial's worker raises on every attempt; the other must finish and be summarised."""
     import pandas as pd
 
-    from thyro.ray_experiment import FAIL_TRIAL_ENV, ExperimentIncomplete, run_experiment
+    from thyro.distributed.experiment import FAIL_TRIAL_ENV, ExperimentIncomplete, run_experiment
 
     cfg = _cfg(EXPERIMENT, {"data": {"source": ctx["phantom"]}})
     out = lab.work / "exp_failing"
@@ -370,8 +370,8 @@ def failing_trial(lab: Lab, ctx: dict) -> dict:
     summary = pd.read_csv(out / "summary.csv").to_dict("records")
     report = (out / "report.html").read_text()
     attempts = _attempts(out)
-    from thyro import checkpoint
-    from thyro.ray_experiment import run_dir
+    from thyro.distributed.experiment import run_dir
+    from thyro.model import checkpoint
 
     first_card = checkpoint.load_card(run_dir(str(out), "resnet18", 0))["created"]
     t1 = time.time()
@@ -390,7 +390,7 @@ SCENARIOS = {"failing_trial": failing_trial, "experiment": experiment, "score": 
 
 
 def main(work: str, names: list[str]) -> int:
-    from thyro import phantom
+    from thyro.data import phantom
 
     work_p = Path(work)
     work_p.mkdir(parents=True, exist_ok=True)

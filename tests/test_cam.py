@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from thyro.cam import GradCAM
-from thyro.models import build_model, cam_layer
+from thyro.explain.cam import GradCAM
+from thyro.model.models import build_model, cam_layer
 
 
 def _margin_target(t):

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from thyro.cam_analysis import analyse_run, load_cams
 from thyro.config import CamConfig
-from thyro.manifest import load_manifest
+from thyro.data.manifest import load_manifest
+from thyro.explain.cam_analysis import analyse_run, load_cams
 
 
 def test_analysis_uses_the_configured_target_and_writes_maps_shape_field_and_faithfulness(tiny_run, tiny_phantom):

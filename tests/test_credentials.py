@@ -1,11 +1,11 @@
 """S3 credentials come from each process's environment and never travel in what thyro writes or hands Ray."""
 
-from thyro import storage
 from thyro.config import config_to_yaml, load_config
+from thyro.data import storage
 
 
 def test_the_env_handed_to_ray_workers_carries_the_endpoint_but_no_credentials(monkeypatch):
-    from thyro.ray_common import ray_env
+    from thyro.distributed.common import ray_env
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thyro.decode import DecodeError, decode, decode_frames
+from thyro.data.decode import DecodeError, decode, decode_frames
 
 
 def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from thyro.decode import decode_image, jpeg_scale
-from thyro.scoring import prepare
-from thyro.sources import Item
-from thyro.transforms import resolve_preset
+from thyro.data.decode import decode_image, jpeg_scale
+from thyro.data.sources import Item
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import prepare
 
 # Tolerances, in the model's normalised input units (one grey level is ~0.017) and in probability.
 INPUT_MEAN_ABS = 0.03
@@ -33,7 +33,7 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory):
     """Scanner-screen phantoms (640x480-ish and 1280x960-ish) as JPEG, with their true field boxes."""
-    from thyro import phantom
+    from thyro.data import phantom
 
     out = {}
     for size, n in ((480, 4), (960, 3)):
@@ -75,7 +75,7 @@ def test_reduced_jpeg_moves_the_study_input_and_probability_little(screens, tiny
     """The tiny run's study preset (64 px): 640x480 screens decode at 1/4 (120 px >= 1.5 x 64)."""
     import torch
 
-    from thyro.predictor import Predictor
+    from thyro.model.predictor import Predictor
 
     pred = Predictor(tiny_run)
     p = pred.preset
@@ -111,7 +111,7 @@ def test_field_preset_decodes_reduced_only_when_large_and_keeps_original_boxes(s
         # from the reduced image (box scaled) makes the same model input, up to the tolerance. (Whole
         # inputs differ more: a box a few px off shifts the speckle under every pixel.)
         if d.full_shape is not None:
-            from thyro.transforms import eval_tensor
+            from thyro.image.transforms import eval_tensor
 
             small, big = d.frames[0][1], decode_image(data, "s.jpg").frames[0][1]
             k = small.shape[0] / big.shape[0]

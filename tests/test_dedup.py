@@ -1,6 +1,6 @@
 import numpy as np
 
-from thyro.dedup import near_duplicate_groups
+from thyro.data.dedup import near_duplicate_groups
 
 
 def test_chains_of_near_copies_share_a_group_and_distinct_images_do_not():

@@ -2,10 +2,10 @@
 
 import pandas as pd
 
+from thyro.data.sources import discover
 from thyro.demo import build_archive
-from thyro.scoring import prepare
-from thyro.sources import discover
-from thyro.transforms import resolve_preset
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import prepare
 
 
 def test_demo_archive_yields_one_row_per_file_and_an_error_per_broken_one(tmp_path):

@@ -10,8 +10,8 @@ from pydicom.uid import (
     MPEG2MPML, RTPlanStorage, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid,
 )
 
-from thyro.decode import DecodeError, NotAnImageError, decode, decode_frames, decode_image, is_dicom
-from thyro.sources import discover, read_item
+from thyro.data.decode import DecodeError, NotAnImageError, decode, decode_frames, decode_image, is_dicom
+from thyro.data.sources import discover, read_item
 
 
 def _ds(sop_class=UltrasoundImageStorage, syntax=ExplicitVRLittleEndian) -> Dataset:

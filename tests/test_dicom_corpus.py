@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from thyro.decode import DecodeError, NotAnImageError, decode_frames
+from thyro.data.decode import DecodeError, NotAnImageError, decode_frames
 
 pydicom = pytest.importorskip("pydicom")
 ROOT = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
@@ -199,7 +199,7 @@ def _image_bearing_supported() -> list[str]:
     a syntax whose decoder is installed, not corrupt on purpose."""
     from pydicom.pixels import get_decoder
 
-    from thyro.dicom import is_non_image_sop_class, sop_class
+    from thyro.data.dicom import is_non_image_sop_class, sop_class
 
     out = []
     for rel in _wheel_files():

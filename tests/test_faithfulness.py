@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from thyro import faithfulness
-from thyro.cam import GradCAM
+from thyro.explain import faithfulness
+from thyro.explain.cam import GradCAM
 
 S = 32
 SQUARE = (slice(8, 16), slice(12, 20))

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from thyro import summary
 from thyro.config import load_config
+from thyro.stats import summary
 
 
 def _trials(rows):
@@ -14,7 +14,7 @@ def _trials(rows):
 
 
 def test_report_section_names_each_failed_trial_and_its_error():
-    from thyro.report import failed_trials_section
+    from thyro.stats.report import failed_trials_section
 
     failed = pd.DataFrame([{"model": "alexnet", "split": 3, "error": "RuntimeError: <boom>"}])
     html = "".join(failed_trials_section(failed, max_failures=2))
@@ -36,7 +36,7 @@ def test_mark_failed_lists_errors_and_keeps_a_model_with_no_finished_trial():
 
 
 def test_error_text_is_the_innermost_error_line():
-    from thyro.ray_experiment import _error_text
+    from thyro.distributed.experiment import _error_text
 
     wrapped = RuntimeError("ray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3, in f\n"
                            "ray.train.ControllerError: Training failed:\nTraceback (most recent call last):\n"

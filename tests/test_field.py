@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from thyro.field import Field, detect_fields, field_from_box, union_mask
+from thyro.image.field import Field, detect_fields, field_from_box, union_mask
 
 H, W = 600, 800
 BUSI = Path("/work/shared/data/busi")

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from thyro import field
-from thyro.field import _largest_rect_rows, _largest_rect_scan, inscribed_box
+from thyro.image import field
+from thyro.image.field import _largest_rect_rows, _largest_rect_scan, inscribed_box
 
 
 def _convex_masks():

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from thyro.losses import FocalLoss
+from thyro.model.losses import FocalLoss
 
 
 def test_gamma_zero_no_alpha_equals_cross_entropy():

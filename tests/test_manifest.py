@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thyro.manifest import ManifestError, load_manifest
+from thyro.data.manifest import ManifestError, load_manifest
 
 
 def _img(path):
@@ -49,7 +49,7 @@ def test_missing_file_is_named(tmp_path):
 
 def test_a_folder_holding_manifest_csv_is_a_data_set(tiny_phantom):
     # `thyro phantom --out DIR` then `thyro train --data DIR` failed with "unknown label 'images'".
-    from thyro.manifest import load_manifest
+    from thyro.data.manifest import load_manifest
 
     by_folder = load_manifest(str(tiny_phantom.parent))
     by_csv = load_manifest(str(tiny_phantom))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from thyro.marks import suppress_marks
+from thyro.image.marks import suppress_marks
 
 S = 256
 

@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from thyro import metrics
+from thyro.stats import metrics
 
 
 def _scores(seed=0, n=120):

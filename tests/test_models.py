@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from thyro.models import SPECS, WeightsError, build_model, main_logits
+from thyro.model.models import SPECS, WeightsError, build_model, main_logits
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -28,7 +28,7 @@ def test_imagenet_weights_missing_offline_is_a_clear_error_not_a_download(tmp_pa
 def test_imagenet_weights_from_local_cache(tmp_path, monkeypatch):
     import hashlib
 
-    from thyro import weights
+    from thyro.model import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("THYRO_OFFLINE", "1")  # found in the cache: nothing to fetch

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from scipy.stats import fisher_exact
 from sklearn.metrics import roc_auc_score
 
-from thyro import phantom, screen
+from thyro.data import phantom, screen
 
 
 def _digest(folder):

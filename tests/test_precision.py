@@ -6,8 +6,8 @@ import torch.nn as nn
 from scipy.stats import rankdata
 from torch.utils.data import DataLoader, TensorDataset
 
-from thyro.engine import predict_margin
-from thyro.models import Float32Linear, build_model
+from thyro.model.engine import predict_margin
+from thyro.model.models import Float32Linear, build_model
 
 
 def _exact_trunk_model():

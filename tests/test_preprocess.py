@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from thyro.geometry import Geometry, crop_map_to_original, fit, model_map_to_crop, original_mask_to_model
-from thyro.preprocess import crop_field, crop_one
-from thyro.transforms import eval_tensor, resolve_preset
+from thyro.image.geometry import Geometry, crop_map_to_original, fit, model_map_to_crop, original_mask_to_model
+from thyro.image.preprocess import crop_field, crop_one
+from thyro.image.transforms import eval_tensor, resolve_preset
 
 from test_field import _fan, _furniture, _screen
 
@@ -72,7 +72,7 @@ def test_each_pane_is_its_own_crop_and_largest_picks_one():
 
 
 def test_dicom_regions_give_the_field_instead_of_the_image():
-    from thyro.decode import UltrasoundRegion
+    from thyro.data.decode import UltrasoundRegion
 
     img, _ = _screen([BOX], "linear")
     region = UltrasoundRegion(box=(100, 200, 400, 600), data_type="tissue", data_type_code=1, spatial_format=1,

@@ -1,4 +1,4 @@
-"""The pure pieces of the Ray pretrain job (thyro/ray_pretrain.py), without Ray."""
+"""The pure pieces of the Ray pretrain job (thyro/distributed/pretrain.py), without Ray."""
 
 import hashlib
 import io
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from thyro.config import load_config
-from thyro.ray_pretrain import (_read_args, checkpoint_due, hash_prefix, pretrain_preset, resume_point, scan_block,
-                                steps_per_epoch, take, views_block)
+from thyro.distributed.pretrain import (_read_args, checkpoint_due, hash_prefix, pretrain_preset, resume_point,
+                                        scan_block, steps_per_epoch, take, views_block)
 
 
 def _png(seed: int, size: int = 48) -> bytes:
@@ -93,7 +93,7 @@ def test_views_block_skips_an_input_that_no_longer_reads():
 
 
 def test_discovery_chunks_are_bounded_by_items_and_inline_bytes():
-    from thyro.sources import Item, chunks
+    from thyro.data.sources import Item, chunks
 
     items = [Item(f"a.tar!{i}.png", data=b"x" * 10) for i in range(7)]
     assert [len(c) for c in chunks(iter(items), 10, 25)] == [3, 3, 1]  # 30 bytes >= 25 closes a chunk

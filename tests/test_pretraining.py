@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from thyro.config import load_config
-from thyro.models import build_model
-from thyro.pretraining import make_optimizer, pretrain_card, pretrain_one_epoch, save_backbone
-from thyro.ssl import SimSiam
-from thyro.weights import WeightsError, pretrained_summary
+from thyro.model.models import build_model
+from thyro.model.pretraining import make_optimizer, pretrain_card, pretrain_one_epoch, save_backbone
+from thyro.model.ssl import SimSiam
+from thyro.model.weights import WeightsError, pretrained_summary
 
 
 def card_for(model, hashes=("a",)):
@@ -99,7 +99,7 @@ def test_wrong_backbone_names_the_file_and_both_models(saved):
 
 
 def test_backbone_on_s3(s3_endpoint):
-    from thyro import storage
+    from thyro.data import storage
 
     storage.configure(s3_endpoint)
     torch.manual_seed(1)
@@ -112,7 +112,7 @@ def test_backbone_on_s3(s3_endpoint):
 
 
 def test_fine_tuned_card_records_the_pretrained_backbone(saved, tiny_phantom, tmp_path):
-    from thyro.training import train_run
+    from thyro.model.training import train_run
 
     folder, m = saved
     cfg = load_config(None, [{"data": {"source": str(tiny_phantom)}, "preprocess": {"image_size": 32},

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from thyro import checkpoint, storage
 from thyro.config import load_config
-from thyro.ray_experiment import run_dir, run_experiment
+from thyro.data import storage
+from thyro.distributed.experiment import run_dir, run_experiment
+from thyro.model import checkpoint
 
 pytestmark = pytest.mark.ray
 
@@ -60,7 +61,7 @@ def test_smoke_writes_summary_trials_runs_and_report_to_s3(s3_experiment):
 
 
 def test_trial_runs_are_loadable_models_with_cam_analysis(s3_experiment):
-    from thyro.predictor import Predictor
+    from thyro.model.predictor import Predictor
 
     rd = run_dir(s3_experiment.out, "resnet18", 1)
     p = Predictor(rd, cam_size=8)

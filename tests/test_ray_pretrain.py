@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from thyro.config import load_config
-from thyro.models import build_model
+from thyro.model.models import build_model
 
 pytestmark = pytest.mark.ray
 
@@ -38,7 +38,7 @@ def _archive(tiny_phantom, folder: Path, n: int) -> dict[str, bytes]:
 
 
 def test_two_steps_write_a_loadable_backbone_counting_distinct_images(ray_cluster, tiny_phantom, tmp_path):
-    from thyro.ray_pretrain import run_pretrain
+    from thyro.distributed.pretrain import run_pretrain
 
     src, out = tmp_path / "archive", tmp_path / "run"
     src.mkdir()

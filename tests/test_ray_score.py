@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from thyro import storage
 from thyro.config import load_config
-from thyro.ray_score import run_score
+from thyro.data import storage
+from thyro.distributed.score import run_score
 
 pytestmark = pytest.mark.ray
 
@@ -130,7 +130,7 @@ def test_s3_folder_to_s3_parquet_with_every_bad_input(ray_cluster, s3_endpoint, 
 def test_zip_and_tar_archives(ray_cluster, tiny_phantom, tiny_run, tmp_path):
     import tarfile
 
-    from thyro.sources import zip_bytes
+    from thyro.data.sources import zip_bytes
 
     corpus = _corpus(tiny_phantom)
     (tmp_path / "a.zip").write_bytes(zip_bytes(corpus))
@@ -168,8 +168,8 @@ def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tin
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait(60)
-    from thyro.checkpoint import load_card
-    from thyro.ray_score import scored_keys
+    from thyro.distributed.score import scored_keys
+    from thyro.model.checkpoint import load_card
 
     partial = len(scored_keys(str(out), load_card(tiny_run)["model_id"]))  # readable rows only
     assert 0 < partial < 61

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from thyro.config import load_config
-from thyro.ray_tune import run_tune
+from thyro.distributed.tune import run_tune
 
 pytestmark = pytest.mark.ray
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from thyro.config import config_to_dict, load_config
-from thyro.ray_score import _ScoreActor, _finish, decode_on_actor, prepare_block
+from thyro.distributed.score import _ScoreActor, _finish, decode_on_actor, prepare_block
 
 PROB_ABS = 0.02
 INPUT_MEAN_ABS = 3.0  # grey levels, of 255
@@ -90,14 +90,14 @@ def test_actor_decoding_matches_the_cpu_path(blocks):
 def test_actor_model_input_is_the_cpu_square(blocks):
     cpu = {r["input_uri"]: r for r in blocks[False][0].to_pylist()}
     act = blocks[True][0].to_pylist()
-    from thyro import jpeg_batch
+    from thyro.data import jpeg_batch
 
     for r in act:
         if r["jpeg"] is None or r["input_uri"].endswith("broken.jpg"):
             continue
         img = jpeg_batch.decode_batch([r["jpeg"]], "cpu")[0]
         size = int(np.sqrt(len(cpu[r["input_uri"]]["pixels"]) // 3))
-        from thyro.transforms import Preset
+        from thyro.image.transforms import Preset
 
         sq, inner = jpeg_batch.to_square(img, Preset("study", image_size=size))
         want = np.frombuffer(cpu[r["input_uri"]]["pixels"], np.uint8).reshape(size, size, 3)

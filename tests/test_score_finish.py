@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from thyro.config import config_to_dict, load_config
-from thyro.ray_score import _finish, _ScoreActor, file_rows, prepare_block
+from thyro.distributed.score import _finish, _ScoreActor, file_rows, prepare_block
 from tests.test_score_units import cine_dicom
 
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
-from thyro.geometry import Geometry, model_map_to_crop
-from thyro.scoring import overlay_image, prepare
-from thyro.sources import Item
-from thyro.transforms import resolve_preset
+from thyro.data.sources import Item
+from thyro.image.geometry import Geometry, model_map_to_crop
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import overlay_image, prepare
 
 FIELD = (60, 80, 220, 300)  # y0, x0, y1, x1 of the scan field on a 240 x 320 screen
 MAGENTA = (255, 0, 255)

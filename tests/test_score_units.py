@@ -7,11 +7,11 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
-from thyro.geometry import Geometry, fit, model_map_to_crop, place
-from thyro.scoring import cam_physical, prepare
-from thyro.shape import physical_features
-from thyro.sources import Item
-from thyro.transforms import resolve_preset
+from thyro.data.sources import Item
+from thyro.explain.shape import physical_features
+from thyro.image.geometry import Geometry, fit, model_map_to_crop, place
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import cam_physical, prepare
 
 
 def cine_dicom(frames: np.ndarray, cm_per_px: float | None = 0.01, region=None) -> bytes:

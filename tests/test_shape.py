@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thyro import shape
+from thyro.explain import shape
 
 
 def _ellipse(a, b, size=128, angle=0.0):

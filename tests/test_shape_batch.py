@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from thyro.shape import FEATURES, region_features, region_features_batch
+from thyro.explain.shape import FEATURES, region_features, region_features_batch
 
 
 def _assert_same(batch, maps):

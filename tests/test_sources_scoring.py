@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thyro.scoring import prepare, row_id
-from thyro.sources import Item, discover, read_item, zip_bytes
-from thyro.transforms import resolve_preset
+from thyro.data.sources import Item, discover, read_item, zip_bytes
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import prepare, row_id
 
 
 def _png(v=120, size=40):
@@ -69,7 +69,7 @@ def test_row_ids_hide_the_path():
 def test_overlay_uses_matplotlibs_jet_and_keeps_the_image_size():
     from matplotlib import colormaps
 
-    from thyro.scoring import JET, overlay_png
+    from thyro.model.scoring import JET, overlay_png
 
     assert np.abs(JET.astype(int) - np.round(colormaps["jet"](np.arange(256))[:, :3] * 255)).max() <= 1
     preset = resolve_preset("study", 64)

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from thyro.decode import decode
-from thyro.manifest import load_manifest
-from thyro.splits import calibration_split, dev_indices, leakage_report, make_splits, split_indices
+from thyro.data.decode import decode
+from thyro.data.manifest import load_manifest
+from thyro.data.splits import calibration_split, dev_indices, leakage_report, make_splits, split_indices
 
 
 def _manifest(n_patients=60, seed=0):

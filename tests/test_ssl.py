@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from thyro.ssl import SimSiam, backbone_state_dict, simsiam_loss
+from thyro.model.ssl import SimSiam, backbone_state_dict, simsiam_loss
 
 
 def test_loss_is_the_symmetric_negative_cosine_by_hand():
@@ -58,7 +58,7 @@ def test_only_the_prediction_branch_carries_gradient_into_the_trunk():
 
 
 def test_backbone_state_dict_has_the_classifier_trunk_names():
-    from thyro.models import build_model
+    from thyro.model.models import build_model
 
     m = SimSiam("resnet18", proj_dim=16, pred_dim=8)
     sd = backbone_state_dict(m)
@@ -72,7 +72,7 @@ def test_unsupported_backbone_is_named():
 
 
 def test_collapse_monitor_by_construction():
-    from thyro.ssl import collapse_std
+    from thyro.model.ssl import collapse_std
 
     assert collapse_std(torch.ones(16, 8)) == 0.0                 # every image the same output
     eye = torch.eye(4).repeat(4, 1)                               # one-hot rows, each dim on 1 in 4

@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
-from thyro.scoring import StorageUnavailable, prepare
-from thyro.sources import Item
-from thyro.transforms import resolve_preset
+from thyro.data.sources import Item
+from thyro.image.transforms import resolve_preset
+from thyro.model.scoring import StorageUnavailable, prepare
 
 
 def test_unreachable_endpoint_raises_naming_it_instead_of_an_error_row(monkeypatch):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from thyro import summary
 from thyro.config import load_config
+from thyro.stats import summary
 
 
 def test_summary_interval_is_the_corrected_t_interval(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 
 from thyro.cli import main
 from thyro.config import load_config
-from thyro.decode import read_image
-from thyro.predictor import Predictor
+from thyro.data.decode import read_image
+from thyro.model.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_corrupt_image_in_dataset_is_named(tmp_path, tiny_phantom):
     df = pd.concat([df, pd.DataFrame([{"path": "broken.png", "label": "benign", "patient_id": "Z"}])])
     df.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ValueError, match="broken.png"):
-        from thyro.training import train_run
+        from thyro.model.training import train_run
         train_run(load_config(None, [{"data": {"source": str(tmp_path / "m.csv")}, "train": {"epochs": 1},
                                       "preprocess": {"image_size": 64}}]), str(tmp_path / "r"))
 
@@ -87,8 +87,8 @@ def test_inception_run_reloads_with_its_transform_input(tmp_path):
     """torchvision's ImageNet Inception expects transform_input=True; a reloaded run lost it."""
     import torch
 
-    from thyro import checkpoint
-    from thyro.models import build_model
+    from thyro.model import checkpoint
+    from thyro.model.models import build_model
 
     model = build_model("inception_v3", transform_input=True).eval()
     card = {"model": {"architecture": "inception_v3", "weights_file": "model.pt", "num_classes": 2,
@@ -103,9 +103,9 @@ def test_inception_run_reloads_with_its_transform_input(tmp_path):
 def test_threshold_is_chosen_without_the_test_labels(tiny_phantom, tmp_path):
     """Shuffling the test set's labels must not move the operating point (chosen on held-back
     training patients) nor the temperature."""
-    from thyro.manifest import load_manifest
-    from thyro.splits import make_splits
-    from thyro.training import train_run
+    from thyro.data.manifest import load_manifest
+    from thyro.data.splits import make_splits
+    from thyro.model.training import train_run
 
     manifest = load_manifest(str(tiny_phantom))
     splits = make_splits(manifest, 2, 0.3, 0)

@@ -3,8 +3,8 @@ pure functions, checked against hand computations and Tune's own variant generat
 
 import pytest
 
-from thyro.ray_common import elastic_threads, own_threads
-from thyro.ray_experiment import TRAIN_COST, trial_cost, trial_order
+from thyro.distributed.common import elastic_threads, own_threads
+from thyro.distributed.experiment import TRAIN_COST, trial_cost, trial_order
 
 
 def test_trial_cost_scales_with_pixels_and_uses_the_models_own_size():

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from thyro.config import load_config
-from thyro.splits import make_splits, split_indices
-from thyro.validation import inner_cv_epochs, inner_folds
+from thyro.data.splits import make_splits, split_indices
+from thyro.stats.validation import inner_cv_epochs, inner_folds
 
 
 def _manifest(n=80):
@@ -18,7 +18,7 @@ def test_no_outer_test_patient_was_seen_by_the_search():
     from pathlib import Path
 
     from thyro.config import Config, config_to_dict
-    from thyro.ray_tune import apply_params
+    from thyro.distributed.tune import apply_params
 
     m = _manifest(240)
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tune.yaml")
@@ -45,7 +45,7 @@ def test_inner_folds_need_a_dev_set():
 
 
 def test_inner_cv_reports_every_epoch(tiny_phantom):
-    from thyro.manifest import load_manifest
+    from thyro.data.manifest import load_manifest
 
     m = load_manifest(str(tiny_phantom))
     s = make_splits(m, n_repeats=2, seed=0, dev_fraction=0.4)

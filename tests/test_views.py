@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from thyro.transforms import PRESETS
-from thyro.views import TwoViews
+from thyro.image.transforms import PRESETS
+from thyro.image.views import TwoViews
 
 NO_JITTER = dict(intensity=0.0, speckle=0.0, blur_p=0.0)
 

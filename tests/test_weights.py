@@ -13,10 +13,11 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from thyro import storage, weights
 from thyro.config import load_config
-from thyro.models import build_model
-from thyro.weights import WeightsError
+from thyro.data import storage
+from thyro.model import weights
+from thyro.model.models import build_model
+from thyro.model.weights import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_unreachable_server_gives_the_same_guidance(torch_home, monkeypatch):
 def test_offline_job_fails_before_ray_and_writes_nothing(tmp_path, torch_home):
     import ray
 
-    from thyro.ray_common import job_setup
+    from thyro.distributed.common import job_setup
 
     cfg = load_config(None, [{"model": {"weights": "imagenet", "offline": True}}])
     ray_before = ray.is_initialized()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from thyro.config import ConfigError, load_config, parse_override
-from thyro.metrics import METRIC_NAMES
+from thyro.stats.metrics import METRIC_NAMES
 
 
 # Without --config every command reads the checkout's configs/default.yaml (the README's
@@ -44,7 +44,7 @@ def _config(args, flag_overrides: dict):
 
 
 def cmd_phantom(args) -> int:
-    from thyro import phantom
+    from thyro.data import phantom
 
     manifest = phantom.generate(args.out, n_benign=args.n_benign, n_malignant=args.n_malignant,
                                 size=args.size, seed=args.seed, overlap=args.overlap,
@@ -55,7 +55,7 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from thyro.training import train_run
+    from thyro.model.training import train_run
 
     cfg = _config(args, {"data.source": args.data, "model.name": args.model, "train.epochs": args.epochs,
                          "split.repeat": args.split})
@@ -83,7 +83,7 @@ def print_summary(summary, reference: str) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from thyro.ray_experiment import run_experiment
+    from thyro.distributed.experiment import run_experiment
 
     cfg = _config(args, {"data.source": args.data})
     res = run_experiment(cfg, args.out)
@@ -94,7 +94,7 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from thyro.ray_tune import run_tune
+    from thyro.distributed.tune import run_tune
 
     cfg = _config(args, {"data.source": args.data})
     res = run_tune(cfg, args.out)
@@ -109,7 +109,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from thyro.ray_score import run_score
+    from thyro.distributed.score import run_score
 
     cfg = _config(args, {})
     res = run_score(cfg, args.model, args.input, args.output)
@@ -121,7 +121,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from thyro.ray_pretrain import run_pretrain
+    from thyro.distributed.pretrain import run_pretrain
 
     cfg = _config(args, {})
     res = run_pretrain(cfg, args.input, args.out)

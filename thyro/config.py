@@ -73,7 +73,7 @@ class DataConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    # A named preset from thyro.transforms.PRESETS; every other key overrides one
+    # A named preset from thyro.image.transforms.PRESETS; every other key overrides one
     # of its fields (null: the preset's). The resolved preset is saved with the model.
     preset: str = "study"
     image_size: Optional[int] = Field(None, ge=32, le=1024)
@@ -181,8 +181,8 @@ class ExperimentConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    """Self-supervised pretraining (`thyro pretrain`, thyro.ssl / thyro.pretraining)."""
-    # SimSiam: no negatives, no momentum encoder; works at batch 32-64 (thyro/ssl.py says why).
+    """Self-supervised pretraining (`thyro pretrain`, thyro.model.ssl / thyro.model.pretraining)."""
+    # SimSiam: no negatives, no momentum encoder; works at batch 32-64 (thyro/model/ssl.py says why).
     method: Literal["simsiam"] = "simsiam"
     backbone: Literal["resnet18", "alexnet", "vgg16"] = "resnet18"
     epochs: int = Field(20, ge=1)
@@ -203,7 +203,7 @@ class PretrainConfig(_Section):
     seed: int = 0
     checkpoint_every_steps: int = Field(50, ge=1)
     max_images: int = Field(0, ge=0)  # 0: every image of the input
-    # Augmentation strengths of the two views (thyro/views.py).
+    # Augmentation strengths of the two views (thyro/image/views.py).
     crop_scale: float = Field(0.3, gt=0.0, le=1.0)
     hflip_p: float = Field(0.5, ge=0.0, le=1.0)
     rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)

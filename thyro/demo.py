@@ -44,7 +44,7 @@ def broken_files(good_png: bytes) -> dict[str, bytes]:
 
 def build_archive(folder: Path, n_benign: int, n_malignant: int, seed: int) -> pd.DataFrame:
     """New phantom patients in a nested archive layout, plus broken files; returns the truth."""
-    from thyro import phantom
+    from thyro.data import phantom
 
     src = folder / "_phantom"
     manifest = pd.read_csv(phantom.generate(src, n_benign=n_benign, n_malignant=n_malignant, seed=seed))
@@ -114,9 +114,9 @@ def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, in
     import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
 
-    from thyro import storage
-    from thyro.ray_experiment import run_dir, run_experiment
-    from thyro.ray_score import PRED_DIR, run_score
+    from thyro.data import storage
+    from thyro.distributed.experiment import run_dir, run_experiment
+    from thyro.distributed.score import PRED_DIR, run_score
 
     out = os.path.abspath(out)
     t0 = time.perf_counter()

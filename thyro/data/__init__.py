@@ -1,0 +1,1 @@
+"""Data: the phantom, manifests, splits, archive sources, decoding (DICOM too), storage."""

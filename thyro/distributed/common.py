@@ -1,0 +1,143 @@
+"""Ray touchpoints shared by the experiment and tune jobs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from thyro.config import Config
+from thyro.data import storage
+
+
+def ray_env() -> dict[str, str]:
+    """Ray settings every process of a job needs.
+
+    A Train worker group waits at most 60 s for its resources by default; with
+    trials queued behind each other on a small machine that is too short, and
+    a failed start costs the trial.
+    """
+    key = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    os.environ.setdefault(key, "1800")
+    return {key: os.environ[key]}
+
+
+def init_ray(cfg: Config) -> dict[str, str]:
+    """Connect to (or start) Ray; return the env vars the job's workers receive.
+
+    Workers get the storage endpoint settings, never credentials: those come
+    from each node's own environment or workload identity.
+    """
+    import ray
+
+    env = {**storage.configure(cfg.storage.endpoint_url, cfg.storage.region), **ray_env()}
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS"),
+                 runtime_env={"env_vars": env}, log_to_driver=True, logging_level="WARNING")
+    return env
+
+
+@dataclass
+class JobPaths:
+    out: str           # absolute output folder or URI
+    manifest: str      # manifest.parquet
+    splits: str        # splits.parquet
+    storage_path: str  # where Ray Tune/Train keep their state
+    fs: object         # pyarrow filesystem for storage_path
+    fs_path: str       # storage_path without its scheme
+
+
+def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[str] | None = None) -> JobPaths:
+    """What every Ray job does first: fetch weights once, connect, resolve the output, write the inputs once.
+    `models`: the architectures whose weights the job needs (None: model.name and experiment.models)."""
+    from thyro.data.inputs import prepare_inputs
+    from thyro.model.weights import resolve_weights
+
+    before = cfg.model.weights
+    resolve_weights(cfg, storage.absolute(out), models=models)  # before Ray: a missing file fails here, not in a worker
+    if cfg.model.weights != before:
+        log(f"weights: torchvision's ImageNet files, read by the workers from {cfg.model.weights}")
+    init_ray(cfg)
+    out = storage.absolute(out)
+    m_uri, s_uri = prepare_inputs(cfg, out, log)
+    storage_path = cfg.ray.storage_path or storage.join(out, "ray")
+    fs, path = storage.pyarrow_filesystem(storage_path)
+    return JobPaths(out, m_uri, s_uri, storage_path, fs, path)
+
+
+def make_trainer(worker: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage_path: str,
+                 max_failures: int | None = None):
+    """A TorchTrainer whose every report reaches the enclosing Tune trial.
+
+    `max_failures`: restarts of the worker group (None: ray.max_failures). A job
+    whose Tune trials retry already passes 0, or every failure is retried
+    (max_failures + 1)^2 - 1 times, a deterministic error included.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = cfg.ray
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    fs, path = storage.pyarrow_filesystem(storage_path)
+    return TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(
+                                 max_failures=r.max_failures if max_failures is None else max_failures),
+                             callbacks=[TuneReportCallback()]),
+    )
+
+
+def trial_setup(cfg: Config) -> None:
+    """Inside a Tune trial: storage endpoint, and the Train settings its controller
+    inherits (Ray Train propagates them to the controller and workers)."""
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    ray_env()
+
+
+def own_threads(cpus_per_worker: float) -> int:
+    """Torch threads a worker runs with from its CPU allotment (whole CPUs, at least one)."""
+    return max(1, int(cpus_per_worker))
+
+
+def elastic_threads(own: int, free_cpus: float, node_cpus: float, cap: int = 0) -> int:
+    """Torch threads for a single-worker trial at an epoch boundary: its own `own`, plus
+    every whole CPU of its node that no task, actor or placement group holds (`free_cpus`,
+    Ray's logical count), at most the node's `node_cpus` and `cap` (train.threads; 0: none).
+    A trial that is alone on a 2-CPU node takes both; two trials keep one each."""
+    n = own + max(0, int(free_cpus + 1e-6))  # Ray counts resources in 1e-4 steps
+    n = min(n, max(1, int(node_cpus + 1e-6)))
+    if cap:
+        n = min(n, cap)
+    return max(1, n)
+
+
+def node_cpus_free() -> tuple[float, float] | None:
+    """(free, total) logical CPUs of the node this process runs on; None if Ray cannot say."""
+    import ray
+    from ray._private import state  # DeveloperAPI: Ray has no public per-node view of free resources
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        free = state.available_resources_per_node().get(node, {}).get("CPU", 0.0)
+        total = state.total_resources_per_node().get(node, {}).get("CPU", 0.0)
+    except Exception:  # a slow or restarting GCS: keep the threads as they are
+        return None
+    return float(free), float(total)
+
+
+def worker_setup(cfg: Config) -> str:
+    """Storage, thread count and device inside a Ray Train worker; returns the device.
+
+    Set from the config in every process rather than through the job's runtime
+    env, which a driver that joined an existing Ray session does not control.
+    """
+    import ray.train.torch
+    import torch
+
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    torch.set_num_threads(own_threads(cfg.ray.cpus_per_worker))
+    return str(ray.train.torch.get_device())

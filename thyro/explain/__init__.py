@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM, its analysis, faithfulness, shape features."""

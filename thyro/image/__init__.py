@@ -1,0 +1,1 @@
+"""Images: the scan field, annotation marks, crops, geometry, model-input presets, SSL views."""

@@ -1,0 +1,1 @@
+"""Statistics: metrics and intervals, summaries, the report, validation."""
