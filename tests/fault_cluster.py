@@ -165,7 +165,7 @@ def _attempts(out: Path) -> dict[str, int]:
     for f in sorted((out / "ray" / "experiment").glob("experiment_state*.json")):
         for trial, meta in json.loads(f.read_text())["trial_data"]:
             t = json.loads(trial)
-            c = t["config"]
+            c = t["config"].get("trial", t["config"])  # the ordered grid nests model/repeat under "trial"
             counts[f"{c['model']}/{c['repeat']}"] = json.loads(meta)["num_failures"] + (t["status"] != "ERROR")
     return counts
 
