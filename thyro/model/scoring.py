@@ -119,12 +119,14 @@ def decode_for(data: bytes, name: str, preset: Preset, frames: str | None = None
     return decode_image(data, name, policy, **sampling, min_side=min_side, min_long_side=long_side)
 
 
-def frame_rows(decoded, input_uri: str, sha: str, preset: Preset, as_uint8: bool = False) -> list[dict]:
+def frame_rows(decoded, input_uri: str, sha: str, preset: Preset, as_uint8: bool = False,
+               crop_row=None) -> list[dict]:
     """The ok rows of a decoded file: per frame and pane, the crop the model sees (`pixels`:
     normalised (3, S, S) float32, or with `as_uint8` the (S, S, 3) uint8 square, a quarter of
     the bytes to ship; `transforms.normalize` makes the former), its geometry in the original
     image (the file's full size also when it was decoded reduced), its field on the model
-    input, mm per pixel. Field detection runs on the decoded (maybe reduced) image."""
+    input, mm per pixel. Field detection runs on the decoded (maybe reduced) image.
+    `crop_row(image, crop, preset, regions)`, when given, makes the columns instead."""
     from thyro.image.preprocess import crop_field
     from thyro.image.transforms import model_input
     from thyro.model.predictor import field_mask_on_input
@@ -133,12 +135,16 @@ def frame_rows(decoded, input_uri: str, sha: str, preset: Preset, as_uint8: bool
     for i, img in decoded.frames:
         H, W = decoded.full_shape or img.shape[:2]
         for c in crop_field(img, preset, decoded.regions):
+            base = {"input_uri": input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
+                    "status": "ok", "error": None}
+            if crop_row is not None:
+                rows.append({**base, **crop_row(img, c, preset, decoded.regions)})
+                continue
             field = np.packbits(field_mask_on_input(c, preset, img))
             g = c.geometry(preset).at_shape((H, W))
             my, mx = crop_mm_per_pixel(g.box, decoded.regions)
             px = model_input(c.image, preset) if as_uint8 else eval_tensor(c.image, preset).numpy()
-            rows.append({"input_uri": input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
-                         "status": "ok", "error": None, "pixels": px, "height": int(H), "width": int(W),
+            rows.append({**base, "pixels": px, "height": int(H), "width": int(W),
                          "geometry": json.dumps(g.to_dict()),
                          "field_model": field.tobytes(), "mm_per_pixel_y": my, "mm_per_pixel_x": mx})
     return rows
@@ -159,7 +165,6 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
     (pretraining) reads inputs with exactly these rows.
     """
     from thyro.data.decode import NotAnImageError
-    from thyro.image.preprocess import crop_field
 
     t0 = time.perf_counter()
     if item.error:
@@ -177,12 +182,7 @@ def prepare(item: Item, preset: Preset, frames: str | None = None, salt: str = "
             sha = hashlib.sha256(data).hexdigest()
             try:
                 decoded = decode_for(data, item.input_uri, preset, frames, frame_step, max_frames, reduce)
-                if crop_row is None:
-                    rows = frame_rows(decoded, item.input_uri, sha, preset, as_uint8)
-                else:
-                    rows = [{"input_uri": item.input_uri, "frame": int(i), "pane": int(c.pane), "sha256": sha,
-                             "status": "ok", "error": None, **crop_row(img, c, preset, decoded.regions)}
-                            for i, img in decoded.frames for c in crop_field(img, preset, decoded.regions)]
+                rows = frame_rows(decoded, item.input_uri, sha, preset, as_uint8, crop_row)
             except NotAnImageError as e:
                 rows = [_status_row(item.input_uri, 0, "skipped", e.problem, sha)]
             except DecodeError as e:
