@@ -424,8 +424,8 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
                                     "batch_size": p.batch_size, "workers": r.num_workers},
                          throughput=throughput, sources=[input_uri], name=cfg.name)
     # counted by the scan from 64-bit hash prefixes (8 bytes an input in the driver, not the hex strings)
-    card["data"].update({"distinct_images": counts.distinct_images, "images": counts.images, "inputs": counts.files, "error_rows": counts.error,
-                         "skipped_rows": counts.skipped})
+    card["data"].update({"distinct_images": counts.distinct_images, "images": counts.images,
+                         "inputs": counts.files, "error_rows": counts.error, "skipped_rows": counts.skipped})
     save_backbone(out, model, card)
     seconds = time.perf_counter() - t0
     summary = {"input": input_uri, "out": out, "counts": asdict(counts), "epochs": p.epochs,
