@@ -118,3 +118,33 @@ def test_optional_faithfulness_columns(scored, tiny_run):
     for k in ("auc_deletion", "auc_insertion", "auc_deletion_random", "auc_insertion_random"):
         assert np.isnan(ok[f"cam_{k}"]) if zero else 0 <= ok[f"cam_{k}"] <= 1
         assert bad[f"cam_{k}"] is None or np.isnan(bad[f"cam_{k}"])
+
+
+def test_file_rows_by_hand_for_two_models_and_every_status():
+    # a: frames 0, 1, 1 (two panes) ok + an error row; b: skipped only; c: an error only; model m2 on a.
+    rows = pa.Table.from_pylist([
+        {"file_id": "a", "input_uri": "u/a", "sha256": "sa", "frame": 0, "status": "ok", "prob_malignant": 0.2,
+         "threshold": 0.5, "model_id": "m1"},
+        {"file_id": "a", "input_uri": "u/a", "sha256": "sa", "frame": 1, "status": "ok", "prob_malignant": 0.7,
+         "threshold": 0.5, "model_id": "m1"},
+        {"file_id": "a", "input_uri": "u/a", "sha256": "sa", "frame": 1, "status": "ok", "prob_malignant": 0.3,
+         "threshold": 0.5, "model_id": "m1"},
+        {"file_id": "a", "input_uri": "u/a", "sha256": "sa", "frame": 2, "status": "error", "prob_malignant": None,
+         "threshold": 0.5, "model_id": "m1"},
+        {"file_id": "a", "input_uri": "u/a", "sha256": "sa", "frame": 0, "status": "ok", "prob_malignant": 0.4,
+         "threshold": 0.45, "model_id": "m2"},
+        {"file_id": "b", "input_uri": "u/b", "sha256": None, "frame": 0, "status": "skipped",
+         "prob_malignant": None, "threshold": 0.5, "model_id": "m1"},
+        {"file_id": "c", "input_uri": "u/c", "sha256": None, "frame": 0, "status": "error", "prob_malignant": None,
+         "threshold": None, "model_id": "m1"},
+    ])
+    got = {(r["file_id"], r["model_id"]): r for r in file_rows(rows).to_pylist()}
+    assert list(got) == [("a", "m1"), ("a", "m2"), ("b", "m1"), ("c", "m1")]
+    a = got["a", "m1"]
+    assert (a["n_frames"], a["n_rows"], a["n_ok"], a["n_error"], a["n_skipped"]) == (2, 4, 3, 1, 0)
+    assert a["prob_malignant_max"] == 0.7 and a["prob_malignant_mean"] == pytest.approx(0.4)
+    assert a["label_any"] == "malignant" and a["sha256"] == "sa" and a["threshold"] == 0.5
+    assert got["a", "m2"]["label_any"] == "benign"  # 0.4 < its own threshold 0.45
+    b, c = got["b", "m1"], got["c", "m1"]
+    assert (b["n_skipped"], b["n_ok"], b["n_frames"], b["label_any"], b["prob_malignant_max"]) == (1, 0, 0, None, None)
+    assert (c["n_error"], c["threshold"], c["label_any"], c["sha256"]) == (1, None, None, None)

@@ -284,7 +284,11 @@ class ScoreConfig(_Section):
     rows_per_file: int = Field(1000, ge=1)
     # Predictor actor pool; on 2 CPUs a whole CPU per actor starves the read tasks. The pool
     # starts at min_actors and grows to actors as nodes join (README: "Ray Data knobs").
-    actors: int = Field(1, ge=1)
+    # How the stages run: split (CPU tasks decode and finish around the predictor actors) or fused
+    # (each actor does all of it for a block); auto: split when actors have a GPU, fused on CPUs.
+    stages: Literal["auto", "split", "fused"] = "auto"
+    # 0: auto (fused: one single-threaded actor per CPU of the cluster; split: one per GPU, else one).
+    actors: int = Field(0, ge=0)
     min_actors: int = Field(1, ge=1)
     # Batches a predictor actor may have queued: > 1 keeps it busy while the next block is fetched.
     tasks_in_flight_per_actor: int = Field(2, ge=1)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from thyro.data.decode import MAX_PIXELS, MIN_SIDE
 from thyro.image.geometry import Box, fit
-from thyro.image.transforms import Preset
+from thyro.image.preset import Preset
 
 _SOI = b"\xff\xd8\xff"
 

@@ -50,7 +50,7 @@ SHUFFLE_BATCHES = 4
 
 def pretrain_preset(cfg: Config):
     """The preset that crops every input (the deterministic part; the views add the rest)."""
-    from thyro.image.transforms import resolve_preset
+    from thyro.image.preset import resolve_preset
 
     return resolve_preset(cfg.pretrain.preset, image_size=cfg.pretrain.image_size)
 

@@ -160,14 +160,12 @@ class _ScoreActor:
         from thyro.model.predictor import Predictor
 
         cfg = Config.model_validate(cfg_dict)
-        s = cfg.score
+        s = self.s = cfg.score
         storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
         import torch
 
-        # Ray gives a fractional-CPU actor one OpenMP thread; on a CPU node the
-        # model is the bottleneck, so by default it may use the node's cores
-        # (shared with the decode tasks, which mostly wait on I/O and zlib).
-        torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // s.actors))
+        # Ray gives a fractional-CPU actor one OpenMP thread; `pool_plan` says how many it takes.
+        torch.set_num_threads(s.threads or pool_plan(s, os.cpu_count() or 1, 0).threads)
         self.p = Predictor(run, device=s.device, precision=s.precision, cam_size=s.cam_size,
                            cam_target=cfg.cam.target, cam_layer_name=cfg.cam.layer)
         self.faithfulness_steps = s.faithfulness_steps
@@ -264,6 +262,33 @@ class _ScoreActor:
                                   *((f"cam_{k}", v, pa.float64()) for k, v in faith.items())):
             table = table.append_column(name, pa.array(values, type=typ))
         return table
+
+
+class _FusedScorer:
+    """score.stages fused: one actor reads, decodes and preprocesses a block, scores it batch by
+    batch and finishes the rows (shape features, overlays) itself. On a CPU node the split stages
+    cost more than they save: every CPU task process pays thyro's imports (~5 core-s), blocks
+    cross the object store twice, and the predictor's threads contend with the tasks for the same
+    cores. One single-threaded actor per core keeps every core busy with no contention."""
+
+    def __init__(self, run: str, cfg_dict: dict, preset: dict, skip_ref: list, finish_args: dict):
+        import ray
+
+        from thyro.image.preset import Preset
+
+        self.scorer = _ScoreActor(run, cfg_dict)
+        self.s = self.scorer.s
+        self.preset = Preset.from_dict(preset)
+        self.skip = ray.get(skip_ref[0])
+        self.finish_args = finish_args
+
+    def __call__(self, items):
+        import pyarrow as pa
+
+        rows = prepare_block(items, self.preset, self.s, self.skip, decode_on_actor(self.s))
+        bs = self.s.batch_size
+        parts = [_finish(self.scorer(rows.slice(i, bs)), **self.finish_args) for i in range(0, rows.num_rows, bs)]
+        return pa.concat_tables(parts) if parts else output_schema().empty_table()
 
 
 def _bytes_row(item, preset, s) -> dict | None:
@@ -382,7 +407,7 @@ def _finish(table, output: str, overlays: str, region: float, preset: dict, cam_
     drops the pixels; the fixed output schema."""
     import pyarrow as pa
 
-    from thyro.image.transforms import Preset
+    from thyro.image.preset import Preset
     from thyro.model.scoring import overlay_image
 
     p = Preset.from_dict(preset)
@@ -420,25 +445,33 @@ _FILE_COLUMNS = ["file_id", "input_uri", "sha256", "frame", "status", "prob_mali
 def file_rows(rows):
     """Prediction rows (any subset of whole files) -> one row per (file_id, model_id): frames
     scored, the max and mean probability over its ok rows, malignant if any is at the threshold,
-    and how many rows each status has."""
+    and how many rows each status has. One vectorised group-by: the driver runs it between
+    chunks, while the actors wait."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    df = rows.select(_FILE_COLUMNS).to_pandas()
-    out = []
-    for (fid, model), g in df.groupby(["file_id", "model_id"], sort=True, dropna=False):
-        ok = g[g.status == "ok"]
-        prob = ok.prob_malignant.dropna()
-        thr = g.threshold.dropna()
-        t = float(thr.iloc[0]) if len(thr) else None
-        out.append({"file_id": fid, "input_uri": g.input_uri.iloc[0], "sha256": g.sha256.dropna().iloc[0]
-                    if g.sha256.notna().any() else None, "model_id": model, "threshold": t,
-                    "n_frames": int(ok.frame.nunique()), "n_rows": len(g), "n_ok": len(ok),
-                    "n_error": int((g.status == "error").sum()), "n_skipped": int((g.status == "skipped").sum()),
-                    "prob_malignant_max": float(prob.max()) if len(prob) else None,
-                    "prob_malignant_mean": float(prob.mean()) if len(prob) else None,
-                    "label_any": None if not len(prob) or t is None else
-                    ("malignant" if (prob >= t).any() else "benign")})
-    return pa.Table.from_pylist(out, schema=files_schema())
+    t = rows.select(_FILE_COLUMNS)
+    ok = pc.equal(t.column("status"), "ok")
+    null_f64, null_i64 = pa.scalar(None, pa.float64()), pa.scalar(None, pa.int64())
+    t = t.append_column("ok_prob", pc.if_else(ok, t.column("prob_malignant"), null_f64))
+    t = t.append_column("ok_frame", pc.if_else(ok, t.column("frame"), null_i64))
+    for status in ("ok", "error", "skipped"):
+        t = t.append_column(f"is_{status}", pc.cast(pc.equal(t.column("status"), status), pa.int64()))
+    g = t.group_by(["file_id", "model_id"], use_threads=False).aggregate([
+        ("input_uri", "first"), ("sha256", "first"), ("threshold", "first"), ("ok_frame", "count_distinct"),
+        ("status", "count", pc.CountOptions(mode="all")), ("is_ok", "sum"), ("is_error", "sum"),
+        ("is_skipped", "sum"), ("ok_prob", "max"), ("ok_prob", "mean")])
+    g = g.sort_by([("file_id", "ascending"), ("model_id", "ascending")])
+    top, thr = g.column("ok_prob_max"), g.column("threshold_first")
+    label = pc.if_else(pc.greater_equal(top, thr), "malignant", "benign")  # null where either is
+    cols = {"file_id": g.column("file_id"), "input_uri": g.column("input_uri_first"),
+            "sha256": g.column("sha256_first"), "model_id": g.column("model_id"), "threshold": thr,
+            "n_frames": g.column("ok_frame_count_distinct"), "n_rows": g.column("status_count"),
+            "n_ok": g.column("is_ok_sum"), "n_error": g.column("is_error_sum"),
+            "n_skipped": g.column("is_skipped_sum"), "prob_malignant_max": top,
+            "prob_malignant_mean": g.column("ok_prob_mean"), "label_any": label}
+    schema = files_schema()
+    return pa.table({f.name: pc.cast(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
 def _read_rows(pred_dir: str, paths, ids: set[str] | None = None, model_id: str | None = None):
@@ -503,6 +536,35 @@ def decode_on_actor(s) -> bool:
     return s.decode_on == "actor" or (s.decode_on == "auto" and s.gpus_per_actor > 0)
 
 
+@dataclass(frozen=True)
+class PoolPlan:
+    fused: bool
+    actors: int
+    min_actors: int
+    threads: int
+
+
+def pool_plan(s, cluster_cpus: float, cluster_gpus: float, node_cpus: int | None = None) -> PoolPlan:
+    """How the predictor pool runs (score.stages, actors, min_actors, threads; 0 = auto).
+
+    auto stages: split when the actor has a GPU (the CPU tasks decode and finish around it, so the
+    GPU never waits on them), fused on CPU nodes. Auto actors: fused, one per CPU of the cluster,
+    one torch thread each, the whole pool from the start (its single-threaded processes share the
+    cores without OpenMP barriers stalling on a preempted thread); split, one per GPU the
+    cluster's `gpus_per_actor` allows, else one. Auto threads: the node's cores over its actors."""
+    fused = s.stages == "fused" or (s.stages == "auto" and s.gpus_per_actor == 0)
+    if s.actors:
+        actors, low = s.actors, min(s.min_actors, s.actors)
+    elif fused:
+        actors = low = max(1, int(cluster_cpus))
+    else:
+        actors = max(1, int(cluster_gpus // s.gpus_per_actor)) if s.gpus_per_actor else 1
+        low = min(s.min_actors, actors)
+    per_node = min(actors, node_cpus or actors) if fused else actors
+    threads = s.threads or max(1, (node_cpus or int(cluster_cpus) or 1) // max(1, per_node))
+    return PoolPlan(fused, actors, low, threads)
+
+
 @dataclass
 class ScoreResult:
     output: str
@@ -517,7 +579,7 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
 
     from thyro.data.sources import chunks, discover
     from thyro.distributed.common import init_ray
-    from thyro.image.transforms import Preset
+    from thyro.image.preset import Preset
     from thyro.model.checkpoint import load_card
     from thyro.model.modelcard import package_versions
 
@@ -526,6 +588,13 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     if s.redact_paths and not s.path_map_uri:  # the config refuses this too; checked before any Ray work
         raise ValueError("score.redact_paths is on but score.path_map_uri is not set")
     init_ray(cfg)
+    res = ray.cluster_resources()
+    plan = pool_plan(s, res.get("CPU", 0), res.get("GPU", 0), os.cpu_count())
+    # The resolved pool goes into the manifest's config and to the actors.
+    cfg = cfg.model_copy(update={"score": s.model_copy(update={
+        "actors": plan.actors, "min_actors": plan.min_actors, "threads": plan.threads,
+        "stages": "fused" if plan.fused else "split"})})
+    s = cfg.score
     output = storage.absolute(output)
     input_uri = storage.absolute(input_uri)
     model = storage.absolute(model)
@@ -535,7 +604,8 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     preset = Preset.from_dict(card["inputs"]["preprocessing"])
     done = scored_keys(output, model_id, quarantine=True)
     done_ref = ray.put(done)
-    log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored)")
+    log(f"score: {input_uri} with {model_id} -> {output} ({len(done)} rows already scored; "
+        f"{'fused' if plan.fused else 'split'} stages, {plan.actors} actor(s) x {plan.threads} thread(s))")
 
     endpoint, region = cfg.storage.endpoint_url, cfg.storage.region
 
@@ -571,14 +641,17 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
         # decoded batch instead of waiting for a quarter of the chunk.
         blocks = max(1, -(-len(chunk) // (s.block_batches * s.batch_size)))
         ds = ray.data.from_items([asdict(i) for i in chunk], override_num_blocks=blocks)
-        ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow", **cpu_task_args)
-        ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size,
-                            compute=ActorPoolStrategy(min_size=min(s.min_actors, s.actors), max_size=s.actors,
-                                                      max_tasks_in_flight_per_actor=s.tasks_in_flight_per_actor),
-                            num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
-                            batch_format="pyarrow")
-        ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
-                            **cpu_task_args)
+        pool = {"compute": ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.actors,
+                                             max_tasks_in_flight_per_actor=s.tasks_in_flight_per_actor),
+                "num_cpus": s.cpus_per_actor, "num_gpus": s.gpus_per_actor or None, "batch_format": "pyarrow"}
+        if plan.fused:
+            ds = ds.map_batches(_FusedScorer, batch_size=None, **pool, fn_constructor_kwargs={
+                **actor_args, "preset": preset.to_dict(), "skip_ref": [done_ref], "finish_args": finish_args})
+        else:
+            ds = ds.map_batches(prep, batch_size=None, batch_format="pyarrow", **cpu_task_args)
+            ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs=actor_args, batch_size=s.batch_size, **pool)
+            ds = ds.map_batches(_finish, fn_kwargs=finish_args, batch_size=None, batch_format="pyarrow",
+                                **cpu_task_args)
         ds.write_parquet(pred_path, filesystem=fs, min_rows_per_file=s.rows_per_file)
         new = _parquet_files(pred_dir) - before
         written = _status_counts(pred_dir, new)

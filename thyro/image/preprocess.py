@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thyro.image.geometry import Box, Geometry, fit
-from thyro.image.transforms import Preset
+from thyro.image.preset import Preset
 
 
 @dataclass

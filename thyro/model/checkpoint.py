@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import json
 
-import pandas as pd
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from thyro.data.storage import exists, join, read_bytes, write_bytes
-from thyro.model.models import build_model
+
+if TYPE_CHECKING:  # torch and pandas load on use: the score job's driver reads cards, not weights
+    import pandas as pd
+    import torch.nn as nn
 
 
 class RunError(ValueError):
@@ -39,6 +40,8 @@ def is_complete(run: str) -> bool:
 
 def save_run(out: str, model: nn.Module, card: dict, config_yaml: str, metrics: dict,
              predictions: pd.DataFrame | None = None, history: list | None = None) -> None:
+    import torch
+
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     write_bytes(join(out, "model.pt"), buf.getvalue())
@@ -58,6 +61,10 @@ def load_card(run: str) -> dict:
 
 def load_run(run: str, map_location="cpu") -> tuple[nn.Module, dict]:
     """-> (model in eval mode with its weights, model card)."""
+    import torch
+
+    from thyro.model.models import build_model
+
     card = load_card(run)
     model = build_model(card["model"]["architecture"], weights=None, num_classes=card["model"]["num_classes"],
                         transform_input=card["model"].get("transform_input"))
@@ -68,4 +75,6 @@ def load_run(run: str, map_location="cpu") -> tuple[nn.Module, dict]:
 
 
 def load_predictions(run: str) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_csv(io.BytesIO(_read(join(run, "predictions.csv"))))

@@ -19,7 +19,7 @@ from thyro.config import SIDE_FILE_EXTENSIONS
 from thyro.data.decode import DecodeError
 from thyro.data.sources import Item, read_item
 from thyro.explain import shape
-from thyro.image.transforms import Preset, eval_tensor
+from thyro.image.preset import Preset
 
 CAM_FEATURES = shape.FEATURES
 CAM_PHYSICAL = tuple(f"cam_{k}" for k in shape.PHYSICAL_FEATURES)
@@ -128,7 +128,7 @@ def frame_rows(decoded, input_uri: str, sha: str, preset: Preset, as_uint8: bool
     input, mm per pixel. Field detection runs on the decoded (maybe reduced) image.
     `crop_row(image, crop, preset, regions)`, when given, makes the columns instead."""
     from thyro.image.preprocess import crop_field
-    from thyro.image.transforms import model_input
+    from thyro.image.transforms import eval_tensor, model_input
     from thyro.model.predictor import field_mask_on_input
 
     rows = []
