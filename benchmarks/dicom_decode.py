@@ -13,12 +13,15 @@ copy decodes to the same pixels, and prints frames/s of
 from __future__ import annotations
 
 import argparse
-import io
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+# The same DICOM writer the tests use (tests/dicom_builders.py): a benchmark runs from a checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cine(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -38,30 +41,6 @@ def _cine(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
         speckle = zoom(rng.rayleigh(0.35, (h // 4, w // 4)), 4, order=1)[:h, :w]
         frames[i] = np.where(fan, np.clip(tissue * speckle * 2.2, 0, 255), 0).astype(np.uint8)
     return frames
-
-
-def _dataset(frames: np.ndarray):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundMultiFrameImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = frames.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = frames.tobytes()
-    return ds
-
-
-def _save(ds) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _gdcm_transcode(raw: bytes, syntax_uid: str) -> bytes:
@@ -90,17 +69,10 @@ def _gdcm_transcode(raw: bytes, syntax_uid: str) -> bytes:
             return f.read()
 
 
-def _pydicom_compress(ds, syntax_uid: str) -> bytes:
-    import copy
-
-    c = copy.deepcopy(ds)
-    c.compress(syntax_uid)
-    return _save(c)
-
-
 def main() -> None:
     from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless
 
+    from tests.dicom_builders import to_bytes, ultrasound
     from thyro.data.decode import decode_frames
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,13 +82,13 @@ def main() -> None:
     args = ap.parse_args()
 
     frames = _cine(args.frames, *args.size)
-    ds = _dataset(frames)
-    raw = _save(ds)
+    ds = ultrasound(frames)
+    raw = to_bytes(ds)
     variants = {"uncompressed (Explicit VR LE)": raw}
     encoders = [("JPEG Lossless SV1 (gdcm)", lambda: _gdcm_transcode(raw, str(JPEGLosslessSV1))),
                 ("JPEG-LS lossless (gdcm)", lambda: _gdcm_transcode(raw, str(JPEGLSLossless))),
-                ("RLE lossless (pydicom)", lambda: _pydicom_compress(ds, RLELossless)),
-                ("JPEG 2000 lossless (openjpeg)", lambda: _pydicom_compress(ds, JPEG2000Lossless))]
+                ("RLE lossless (pydicom)", lambda: to_bytes(ds, compress_to=RLELossless)),
+                ("JPEG 2000 lossless (openjpeg)", lambda: to_bytes(ds, compress_to=JPEG2000Lossless))]
     for label, encode in encoders:
         try:
             variants[label] = encode()

@@ -141,7 +141,7 @@ def pretrain(args) -> tuple[str, dict]:
                   "torch_threads": torch.get_num_threads()}
     epochs_run = len(history)
     card = pretrain_card(method=cfg.method, backbone=cfg.backbone, epochs=epochs_run, steps=steps,
-                         image_hashes=hashes, image_size=cfg.image_size, preset=preset.to_dict(),
+                         distinct_images=len(set(hashes)), image_size=cfg.image_size, preset=preset.to_dict(),
                          views=views.strengths.to_dict(), final_loss=history[-1]["loss"], history=history,
                          optimizer={"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                                     "batch_size": cfg.batch_size, "precision": cfg.precision,

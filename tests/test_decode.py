@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.dicom_builders import PHI_FRAGMENTS, header, to_bytes, ultrasound
 from thyro.data.decode import DecodeError, decode, decode_frames
 
 
@@ -71,55 +72,22 @@ def test_huge_image_rejected_before_decoding():
 
 # --- DICOM -------------------------------------------------------------------
 
-def _dicom(pixels: np.ndarray, photometric: str, frames: int = 1, bits: int = 8, rows: int = 0,
-           cols: int = 0) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "SECRET-123"
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    color = photometric not in ("MONOCHROME1", "MONOCHROME2")
-    ds.Rows, ds.Columns = (rows, cols) if rows else (pixels.shape[-3:-1] if color else pixels.shape[-2:])
-    ds.SamplesPerPixel = 3 if color else 1
-    ds.PhotometricInterpretation = photometric
-    if color:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = 8 if bits == 8 else 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_dicom_monochrome1_is_inverted():
     a = GREY.copy()
-    out1 = decode(_dicom(a, "MONOCHROME1"), "m1.dcm")
-    out2 = decode(_dicom(a, "MONOCHROME2"), "m2.dcm")
+    out1 = decode(to_bytes(ultrasound(a, "MONOCHROME1")), "m1.dcm")
+    out2 = decode(to_bytes(ultrasound(a, "MONOCHROME2")), "m2.dcm")
     assert np.array_equal(out1, 255 - out2)
 
 
 def test_dicom_12bit_uses_bits_stored():
     a = (GREY.astype(np.uint16) * 16)
-    out = decode(_dicom(a, "MONOCHROME2", bits=12), "m.dcm")
+    out = decode(to_bytes(ultrasound(a, bits=12)), "m.dcm")
     assert out[0, -1, 0] == round(int(a[0, -1]) * 255 / 4095)
 
 
 def test_dicom_multiframe_frame_policy():
     frames = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (10, 100, 200)])
-    data = _dicom(frames, "RGB", frames=3)
+    data = to_bytes(ultrasound(frames, "RGB"))
     assert decode(data, "c.dcm", "first")[0, 0, 0] == 10
     assert decode(data, "c.dcm", "middle")[0, 0, 0] == 100
     assert [i for i, _ in decode_frames(data, "c.dcm", "all")] == [0, 1, 2]
@@ -130,7 +98,7 @@ def test_dicom_ybr_full_422_converted_to_rgb():
     # with Y=128, Cb=Cr=128 is mid grey; Cr=200 pushes red up.
     h, w = 32, 32
     pair = np.array([128, 128, 128, 200], np.uint8)  # Y0 Y1 Cb Cr
-    data = _dicom(np.tile(pair, h * w // 2), "YBR_FULL_422", rows=h, cols=w)
+    data = to_bytes(ultrasound(np.tile(pair, (h, w // 2)), "YBR_FULL_422"))
     out = decode(data, "y.dcm")
     assert out.shape == (h, w, 3)
     r, g, b = (int(x) for x in out[5, 5])
@@ -138,17 +106,6 @@ def test_dicom_ybr_full_422_converted_to_rgb():
 
 
 def test_dicom_without_pixels_and_no_phi_in_errors():
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.PatientName = "Doe^Jane"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     with pytest.raises(DecodeError, match="no pixel data") as e:
-        decode(buf.getvalue(), "x.dcm")
-    assert "Doe" not in str(e.value)
+        decode(to_bytes(header()), "x.dcm")
+    assert not any(phi in str(e.value) for phi in PHI_FRAGMENTS)

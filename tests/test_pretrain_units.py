@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from thyro.config import load_config
-from thyro.distributed.pretrain import (_read_args, checkpoint_due, hash_prefix, pretrain_preset, resume_point,
-                                        scan_block, steps_per_epoch, take, views_block)
+from thyro.distributed.pretrain import (_read_args, add_distinct, checkpoint_due, hash_prefix, pretrain_preset,
+                                        resume_point, scan_block, steps_per_epoch, take, views_block)
 
 
 def _png(seed: int, size: int = 48) -> bytes:
@@ -56,6 +56,15 @@ def test_take_stops_after_n_and_closes_the_source():
 def test_hash_prefix_is_the_first_64_bits_of_the_digest():
     data = b"an ultrasound frame"
     assert hash_prefix(hashlib.sha256(data).hexdigest()) == int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+def test_distinct_count_over_chunks_is_the_number_of_distinct_sha256():
+    # copies within a chunk and across chunks, and an empty chunk, as the scan meets them
+    chunks = [[_png(1), _png(2), _png(1)], [_png(2), _png(3)], []]
+    seen = np.zeros(0, np.uint64)
+    for chunk in chunks:
+        seen = add_distinct(seen, [hashlib.sha256(d).hexdigest() for d in chunk])
+    assert len(seen) == len({hashlib.sha256(d).digest() for c in chunks for d in c}) == 3
 
 
 def _items(entries):

@@ -13,9 +13,9 @@ from thyro.model.ssl import SimSiam
 from thyro.model.weights import WeightsError, pretrained_summary
 
 
-def card_for(model, hashes=("a",)):
-    return pretrain_card(method="simsiam", backbone=model.backbone_name, epochs=1, steps=2, image_hashes=hashes,
-                         image_size=32, preset={}, views={}, final_loss=-0.5)
+def card_for(model, distinct_images=1):
+    return pretrain_card(method="simsiam", backbone=model.backbone_name, epochs=1, steps=2,
+                         distinct_images=distinct_images, image_size=32, preset={}, views={}, final_loss=-0.5)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def saved(tmp_path_factory):
             if t.is_floating_point():
                 t.add_(0.1)
     folder = str(tmp_path_factory.mktemp("ssl") / "out")
-    save_backbone(folder, m, card_for(m, hashes=["x", "y", "x"]))
+    save_backbone(folder, m, card_for(m, distinct_images=2))
     return folder, m
 
 
@@ -79,7 +79,7 @@ def test_saved_backbone_loads_into_the_classifier_with_every_trunk_tensor(saved)
         assert all(torch.equal(got[k], v) for k, v in want.items())
 
 
-def test_card_counts_distinct_images_and_says_research_only(saved):
+def test_card_keeps_the_callers_distinct_count_and_says_research_only(saved):
     folder, _ = saved
     card = json.loads(open(f"{folder}/metadata.json").read())
     assert card["data"]["distinct_images"] == 2 and card["backbone"] == "resnet18"

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.dicom_builders import PHI_FRAGMENTS, cine_dicom, header, to_bytes, ultrasound
 from thyro.config import load_config
 from thyro.data import storage
 from thyro.distributed.score import run_score
@@ -28,43 +29,17 @@ def _png(arr, mode=None):
     return buf.getvalue()
 
 
-def _dicom_bytes(frames: np.ndarray, photometric: str, rows_cols: tuple[int, int] | None = None) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundMultiFrameImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "MRN-998877", "St Elsewhere"
-    ds.NumberOfFrames = len(frames)
-    ds.Rows, ds.Columns = rows_cols or frames.shape[1:3]
-    color = frames.ndim == 4 or photometric.startswith("YBR")
-    ds.SamplesPerPixel = 3 if color else 1
-    ds.PhotometricInterpretation = photometric
-    if color:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = frames.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _corpus(tiny_phantom) -> dict[str, bytes]:
     """Good phantom images, DICOM, and every kind of bad input the issue lists."""
     df = pd.read_csv(tiny_phantom)
     files = {f"good/{i}.png": (tiny_phantom.parent / p).read_bytes() for i, p in enumerate(df.path[:6])}
     grey = np.asarray(Image.open(tiny_phantom.parent / df.path[0]))
-    files["dicom/mono1_3frames.dcm"] = _dicom_bytes(np.stack([grey] * 3), "MONOCHROME1")
-    files["dicom/rgb_2frames.dcm"] = _dicom_bytes(np.stack([np.stack([grey] * 3, -1)] * 2), "RGB")
+    files["dicom/mono1_3frames.dcm"] = to_bytes(ultrasound(np.stack([grey] * 3), "MONOCHROME1"))
+    files["dicom/rgb_2frames.dcm"] = to_bytes(ultrasound(np.stack([np.stack([grey] * 3, -1)] * 2), "RGB"))
     h, w = grey.shape  # YBR_FULL_422: Y0 Y1 Cb Cr per pixel pair, as ultrasound scanners store it
     pairs = np.stack([grey[:, 0::2], grey[:, 1::2], np.full((h, w // 2), 128, np.uint8),
                       np.full((h, w // 2), 128, np.uint8)], -1).reshape(h, w * 2)
-    files["dicom/ybr422_2frames.dcm"] = _dicom_bytes(np.stack([pairs] * 2), "YBR_FULL_422", (h, w))
+    files["dicom/ybr422_2frames.dcm"] = to_bytes(ultrasound(np.stack([pairs] * 2), "YBR_FULL_422"))
     png = files["good/0.png"]
     files["bad/truncated.png"] = png[: len(png) // 3]
     files["bad/zero.png"] = b""
@@ -75,16 +50,7 @@ def _corpus(tiny_phantom) -> dict[str, bytes]:
     cmyk = io.BytesIO()
     Image.fromarray(np.stack([grey] * 3, -1)).convert("CMYK").save(cmyk, "JPEG")
     files["bad/cmyk.jpg"] = cmyk.getvalue()  # decodes (CMYK is supported)
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
-    ds.PatientName = "Doe^Jane"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    files["bad/no_pixels.dcm"] = buf.getvalue()
+    files["bad/no_pixels.dcm"] = to_bytes(header())
     return files
 
 
@@ -122,7 +88,7 @@ def test_s3_folder_to_s3_parquet_with_every_bad_input(ray_cluster, s3_endpoint, 
     assert res.counts["ok"] + res.counts["error"] == EXPECTED_ROWS
     assert fs.exists(df.loc[df.status == "ok", "overlay_uri"].iloc[0].replace("s3://", ""))
     blob = fs.cat("thyro-test/scored/run_manifest.json").decode()
-    for phi in ("Doe", "MRN-998877", "Elsewhere"):  # DICOM header data never reaches outputs
+    for phi in PHI_FRAGMENTS:  # DICOM header data never reaches outputs
         text = df.drop(columns=["cam"]).astype(str)
         assert phi not in blob and not text.apply(lambda c: c.str.contains(phi)).any().any()
 
@@ -180,8 +146,6 @@ def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tin
 
 
 def test_cine_per_file_rows_redacted_paths_and_resume(ray_cluster, tiny_phantom, tiny_run, tmp_path):
-    from tests.test_score_units import cine_dicom
-
     src = tmp_path / "DOE_JANE_1970"
     src.mkdir()
     df = pd.read_csv(tiny_phantom)

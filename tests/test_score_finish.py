@@ -11,7 +11,7 @@ from PIL import Image
 
 from thyro.config import config_to_dict, load_config
 from thyro.distributed.score import _finish, _ScoreActor, file_rows, prepare_block
-from tests.test_score_units import cine_dicom
+from tests.dicom_builders import cine_dicom
 
 
 @pytest.fixture(scope="module")

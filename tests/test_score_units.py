@@ -1,43 +1,14 @@
 """Score rows in physical units, and cine sampling, without Ray."""
 
-import io
-
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
+from tests.dicom_builders import cine_dicom
 from thyro.data.sources import Item
 from thyro.explain.shape import physical_features
 from thyro.image.geometry import Geometry, fit, model_map_to_crop, place
 from thyro.image.transforms import resolve_preset
 from thyro.model.scoring import cam_physical, prepare
-
-
-def cine_dicom(frames: np.ndarray, cm_per_px: float | None = 0.01, region=None) -> bytes:
-    """A grey multi-frame ultrasound DICOM; with `cm_per_px`, one tissue region in cm over `region`."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundMultiFrameImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(frames), frames.shape[1:3]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = frames.tobytes()
-    if cm_per_px:
-        y0, x0, y1, x1 = region or (0, 0, frames.shape[1], frames.shape[2])
-        r = Dataset()
-        r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x0, y0, x1 - 1, y1 - 1
-        r.RegionDataType, r.RegionSpatialFormat, r.RegionFlags = 1, 1, 0  # tissue, 2D
-        r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3  # cm
-        r.PhysicalDeltaX = r.PhysicalDeltaY = cm_per_px
-        ds.SequenceOfUltrasoundRegions = [r]
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_a_100px_square_at_0_1mm_is_100_square_mm():

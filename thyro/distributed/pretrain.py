@@ -82,6 +82,12 @@ def hash_prefix(sha256_hex: str) -> int:
     return int(sha256_hex[:16], 16)
 
 
+def add_distinct(seen: np.ndarray, sha256_hexes) -> np.ndarray:
+    """`seen` (sorted distinct hash prefixes, uint64) with those of `sha256_hexes` added; its
+    length is the number of distinct inputs so far, whichever chunk each copy came in."""
+    return np.union1d(seen, np.array([hash_prefix(h) for h in sha256_hexes], np.uint64))
+
+
 def take(batches, n: int):
     """At most `n` items of `batches`, closing it after (a Ray Data shard's epoch ends there)."""
     it = iter(batches)
@@ -211,7 +217,7 @@ def _scan(cfg: Config, input_uri: str, out: str, log: Callable[[str], None]) -> 
             index_rows.append({"input_uri": item.input_uri, "data": item.data, "sha256": sha, "n_images": n})
             counts.images += n
             counts.files += 1
-        hashes = np.union1d(hashes, np.array([hash_prefix(x["sha256"]) for x in index_rows], np.uint64))
+        hashes = add_distinct(hashes, [x["sha256"] for x in index_rows])
         counts.error += sum(r["status"] == "error" for r in bad)
         counts.skipped += sum(r["status"] == "skipped" for r in bad)
         files = {}
@@ -417,15 +423,14 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
     throughput = {"images_per_s": m.get("images_per_s"), "images_trained": m.get("images_trained"),
                   "train_seconds": m.get("train_seconds"), "workers": r.num_workers, "use_gpu": r.use_gpu}
     card = pretrain_card(method=p.method, backbone=p.backbone, epochs=p.epochs, steps=int(state["step"]),
-                         image_hashes=(), image_size=p.image_size,
+                         distinct_images=counts.distinct_images, image_size=p.image_size,
                          preset=preset.to_dict(), views=strengths,
                          final_loss=history[-1]["loss"] if history else float("nan"), history=history,
                          optimizer={"optimizer": p.optimizer, "lr": p.lr, "weight_decay": p.weight_decay,
                                     "batch_size": p.batch_size, "workers": r.num_workers},
-                         throughput=throughput, sources=[input_uri], name=cfg.name)
-    # counted by the scan from 64-bit hash prefixes (8 bytes an input in the driver, not the hex strings)
-    card["data"].update({"distinct_images": counts.distinct_images, "images": counts.images,
-                         "inputs": counts.files, "error_rows": counts.error, "skipped_rows": counts.skipped})
+                         throughput=throughput, sources=[input_uri], name=cfg.name,
+                         data_counts={"images": counts.images, "inputs": counts.files, "error_rows": counts.error,
+                                      "skipped_rows": counts.skipped})
     save_backbone(out, model, card)
     seconds = time.perf_counter() - t0
     summary = {"input": input_uri, "out": out, "counts": asdict(counts), "epochs": p.epochs,

@@ -114,14 +114,15 @@ def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pretrain_card(*, method: str, backbone: str, epochs: int, steps: int, image_hashes: Iterable[str],
+def pretrain_card(*, method: str, backbone: str, epochs: int, steps: int, distinct_images: int,
                   image_size: int, preset: dict, views: dict, final_loss: float, history: list | None = None,
                   optimizer: dict | None = None, throughput: dict | None = None, sources: list | None = None,
-                  name: str = "thyro") -> dict:
-    """The model card of a pretrained backbone. The data is described by how many distinct
-    images (content sha256) it saw, never by their paths (which can carry names);
-    `sources` are the input URIs the user gave (folders, prefixes), not file paths."""
-    distinct = len(set(image_hashes))
+                  data_counts: dict | None = None, name: str = "thyro") -> dict:
+    """The model card of a pretrained backbone. The data is described by counts, never by
+    paths (which can carry names): `distinct_images`, the inputs the caller found distinct by
+    content sha256 (it holds the hashes; a large scan keeps only their prefixes), and
+    `data_counts` (images, inputs, error rows, ...); `sources` are the input URIs the user
+    gave (folders, prefixes), not file paths."""
     return {
         "schema": CARD_SCHEMA,
         "name": name,
@@ -130,7 +131,8 @@ def pretrain_card(*, method: str, backbone: str, epochs: int, steps: int, image_
         "method": method,
         "backbone": backbone,
         "weights_file": BACKBONE_FILE,
-        "data": {"distinct_images": distinct, "counted_by": "content sha256", "sources": list(sources or [])},
+        "data": {"distinct_images": distinct_images, "counted_by": "content sha256", "sources": list(sources or []),
+                 **(data_counts or {})},
         "training": {"epochs": epochs, "steps": steps, "final_loss": final_loss, **(optimizer or {}),
                      **({"throughput": throughput} if throughput else {})},
         "inputs": {"image_size": image_size, "preprocessing": preset, "views": views},
