@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from scipy import stats
-from skimage import measure
+
+if TYPE_CHECKING:  # pandas, scipy.stats and skimage load on use: every score actor imports this module
+    import pandas as pd
 
 FEATURES = ("area", "perimeter", "circularity", "eccentricity", "solidity", "height_width", "orientation_axial")
 
@@ -37,6 +39,8 @@ def region_features(cam: np.ndarray, threshold: float = 0.5) -> dict[str, float]
     peak = float(cam.max()) if cam.size else 0.0
     if peak <= 0:
         return {k: float("nan") for k in FEATURES}
+    from skimage import measure
+
     labels = measure.label(cam >= threshold * peak, connectivity=2)
     props = measure.regionprops(labels)
     r = max(props, key=lambda p: p.area)
@@ -150,6 +154,8 @@ def physical_features(cam: np.ndarray, threshold: float, mm_per_px_y: float | No
     peak = float(cam.max()) if cam.size else 0.0
     if peak <= 0 or not mm_per_px_y or not mm_per_px_x or not (mm_per_px_y > 0 and mm_per_px_x > 0):
         return nan
+    from skimage import measure
+
     labels = measure.label(cam >= threshold * peak, connectivity=2)
     r = max(measure.regionprops(labels), key=lambda p: p.area)
     from scipy import ndimage
@@ -181,6 +187,9 @@ def holm(p_values) -> np.ndarray:
 
 def compare_groups(features: pd.DataFrame, label_col: str = "label", alpha: float = 0.05) -> pd.DataFrame:
     """One row per feature: medians by class, Mann-Whitney U, effect size, Holm p."""
+    import pandas as pd
+    from scipy import stats
+
     rows = []
     for f in FEATURES:
         if f not in features:
