@@ -10,6 +10,7 @@ functions, one thread) and the ceiling it sets on this machine's cores, and imag
   (a) the bare predictor: forward + Grad-CAM on preloaded tensors (the limit);
   (b) the full pipeline end to end (Ray Data: discover, read, decode, predict,
       CAM, shape features, overlays as `--set score.overlays=...` says, Parquet);
+  (b') its marginal rate between n and scale x n images (same settings): fixed costs left out;
   (c) a naive per-image loop (open, preprocess, model, CAM, write, one by one);
   (d) pytorch-grad-cam on the same batches as (a);
 and the driver's peak RSS scoring an archive of n and of scale x n images.
@@ -135,6 +136,7 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
     finally:
         torch.set_num_threads(threads)
     actor = ray_score._ScoreActor(model, config_to_dict(cfg))
+    actor_threads = torch.get_num_threads()  # what the pipeline's actor takes (score.threads, pool_plan)
     actor(prepped.slice(0, s.batch_size))  # warm-up
     actor_wall, scored = best(lambda: [actor(prepped.slice(i, s.batch_size)) for i in range(0, n, s.batch_size)], 2)
     torch.set_num_threads(1)
@@ -153,8 +155,8 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
     finally:
         torch.set_num_threads(threads)
     ms = {k: v * 1000 / n for k, v in out.items()}
-    ms_model = actor_wall * 1000 / n * threads
-    return {"non_model": ms, "actor": ms_model, "actor_threads": threads, "bare": model_core_ms}
+    ms_model = actor_wall * 1000 / n * actor_threads
+    return {"non_model": ms, "actor": ms_model, "actor_threads": actor_threads, "bare": model_core_ms}
 
 
 def _ends(args, p, model, files, archive, sets, tmp):
@@ -178,9 +180,11 @@ def _ends(args, p, model, files, archive, sets, tmp):
 
     one = _pipeline(model, archive, os.path.join(tmp, "out1"), sets)
     assert one["counts"]["ok"] == args.n, one["counts"]
+    # The same settings at scale x n: the RSS ratio, and the marginal rate (what each further
+    # image costs once the actors are up: a large archive's rate).
     big = one if args.skip_10x else _pipeline(
         model, _archive(tmp, args.n * args.scale, args.size, args.layout, args.format),
-        os.path.join(tmp, "out10"), sets + ["score.overlays=none"])
+        os.path.join(tmp, "out10"), sets)
     return c, one, big
 
 
@@ -260,13 +264,20 @@ def main() -> None:
         b_cold = args.n / (one["seconds"] + one["startup"])
         print(f"(b) full pipeline, end to end     : {b:7.1f} img/s  ({args.n} images, {one['seconds']:.1f}s on a "
               f"running cluster; {b_cold:.1f} img/s counting Ray start-up, {one['startup']:.1f}s)")
+        marginal = None
+        if big is not one:
+            marginal = args.n * (args.scale - 1) / (big["seconds"] - one["seconds"])
+            print(f"(b') marginal rate, {args.n} -> {args.n * args.scale} images: {marginal:7.1f} img/s "
+                  f"({big['seconds']:.1f}s - {one['seconds']:.1f}s; b'/a = {marginal / a:.2f}, "
+                  f"b'/ceiling = {marginal / ceiling:.2f}): the fixed costs (actor start, first and last "
+                  f"block, per-file rows) left out")
         print(f"(c) naive per-image loop          : {c:7.1f} img/s")
         print(f"(d) pytorch-grad-cam, same batches: {d:7.1f} img/s")
         print(f"b/ceiling = {b / ceiling:.2f} (>= 0.9)   b/a = {b / a:.2f} (>= 0.6 on 2 cores)   "
               f"b/c = {b / c:.2f}   a/d = {a / d:.2f} (>= 1.5)")
         print(f"driver peak RSS: {one['rss_mb']:.0f} MB at {args.n} images, {big['rss_mb']:.0f} MB at "
               f"{args.n * args.scale}: ratio {big['rss_mb'] / one['rss_mb']:.2f} (<= 1.2)")
-        print("RESULT " + json.dumps({"a": a, "b": b, "c": c, "d": d, "ceiling": ceiling, "non_model_ms": non_model,
+        print("RESULT " + json.dumps({"a": a, "b": b, "c": c, "d": d, "ceiling": ceiling, "non_model_ms": non_model, "b_marginal": marginal,
                                       "rss_ratio": big["rss_mb"] / one["rss_mb"], "device": str(p.device)}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
