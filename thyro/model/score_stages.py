@@ -2,8 +2,8 @@
 preprocessed rows (`prepare_block`), and scored rows -> shape features, overlays and the
 fixed output schema (`finish_rows`). Never raises per input: a bad input is an error row.
 
-Plain Python + numpy + pyarrow (torch and the model only through what they import when
-called); `thyro.distributed.score` runs them as Ray Data CPU tasks, or inside the predictor
+Plain Python + numpy + pyarrow at import (torch and the model's code load when a stage first
+runs); `thyro.distributed.score` runs them as Ray Data CPU tasks, or inside the predictor
 actor with fused stages (`thyro.model.batch_scorer.FusedScorer`).
 """
 
