@@ -107,8 +107,8 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
 
     from thyro.config import config_to_dict, load_config, parse_override
     from thyro.data.sources import Item
-    from thyro.distributed import score as ray_score
-    from thyro.model import scoring
+    from thyro.model import score_stages, scoring
+    from thyro.model.batch_scorer import BatchScorer
 
     cfg = load_config(None, [parse_override(x) for x in sets])
     s, n = cfg.score, len(files)
@@ -130,12 +130,12 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
         out["decode"], decoded = best(lambda: [scoring.decode_for(x, f, p.preset) for f, x in zip(files, datas)])
         out["preprocess + field"], rows = best(lambda: [r for f, x, d in zip(files, datas, decoded)
                                                         for r in scoring.frame_rows(d, f, "", p.preset)])
-        out["read + hash + rows -> Arrow"] = best(lambda: ray_score.prepare_block(items, p.preset, s))[0] - \
+        out["read + hash + rows -> Arrow"] = best(lambda: score_stages.prepare_block(items, p.preset, s))[0] - \
             out["decode"] - out["preprocess + field"]
-        prepped = ray_score.prepare_block(items, p.preset, s)
+        prepped = score_stages.prepare_block(items, p.preset, s)
     finally:
         torch.set_num_threads(threads)
-    actor = ray_score._ScoreActor(model, config_to_dict(cfg))
+    actor = BatchScorer(model, config_to_dict(cfg))
     actor_threads = torch.get_num_threads()  # what the pipeline's actor takes (score.threads, pool_plan)
     actor(prepped.slice(0, s.batch_size))  # warm-up
     actor_wall, scored = best(lambda: [actor(prepped.slice(i, s.batch_size)) for i in range(0, n, s.batch_size)], 2)
@@ -145,11 +145,11 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
         args = {"output": os.path.join(tmp, "stages"), "region": cfg.cam.region_threshold,
                 "preset": p.preset.to_dict(), "cam_size": s.cam_size, "overlay_format": s.overlay_format,
                 "overlay_quality": s.overlay_quality, "overlay_max_side": s.overlay_max_side}
-        out["shape features + cam_in_field"] = best(lambda: ray_score.finish_features(
+        out["shape features + cam_in_field"] = best(lambda: score_stages.finish_features(
             scored, args["region"], args["cam_size"]))[0]
-        fin = best(lambda: ray_score._finish(scored, overlays="none", **args))[0]
+        fin = best(lambda: score_stages.finish_rows(scored, overlays="none", **args))[0]
         out["finish: rows -> Arrow"] = fin - out["shape features + cam_in_field"]
-        full, done = best(lambda: ray_score._finish(scored, overlays=s.overlays, **args))
+        full, done = best(lambda: score_stages.finish_rows(scored, overlays=s.overlays, **args))
         out[f"overlay encode + write ({s.overlays})"] = full - fin
         out["Parquet write"] = best(lambda: pq.write_table(done, os.path.join(tmp, "stages.parquet")))[0]
     finally:

@@ -134,7 +134,7 @@ def test_rerun_after_a_real_kill_scores_everything_exactly_once(ray_cluster, tin
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait(60)
-    from thyro.distributed.score import scored_keys
+    from thyro.model.score_output import scored_keys
     from thyro.model.checkpoint import load_card
 
     partial = len(scored_keys(str(out), load_card(tiny_run)["model_id"]))  # readable rows only

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from thyro.config import config_to_dict, load_config
-from thyro.distributed.score import _ScoreActor, _finish, decode_on_actor, prepare_block
+from thyro.model.batch_scorer import BatchScorer
+from thyro.model.score_plan import decode_on_actor
+from thyro.model.score_stages import finish_rows, prepare_block
 
 PROB_ABS = 0.02
 INPUT_MEAN_ABS = 3.0  # grey levels, of 255
@@ -37,13 +39,13 @@ def blocks(tiny_phantom, tiny_run, tmp_path_factory):
     items.append({"input_uri": "mem://broken.jpg", "data": good[:400], "error": None})  # header, then cut off
     items.append({"input_uri": "mem://grey.png", "data": _png(), "error": None})       # not a JPEG: the CPU path
     cfg = load_config(None, [{"score": {"device": "cpu", "overlays": "none"}}])
-    actor = _ScoreActor(tiny_run, config_to_dict(cfg))
+    actor = BatchScorer(tiny_run, config_to_dict(cfg))
     out = {}
     for mode in (False, True):
         prepped = prepare_block(pa.Table.from_pylist(items), actor.p.preset, cfg.score, on_actor=mode)
         scored = actor(prepped)
-        out[mode] = (prepped, _finish(scored, str(tmp_path_factory.mktemp("o")), "none", 0.5,
-                                      actor.p.preset.to_dict(), 56).to_pylist())
+        out[mode] = (prepped, finish_rows(scored, str(tmp_path_factory.mktemp("o")), "none", 0.5,
+                                          actor.p.preset.to_dict(), 56).to_pylist())
     return out
 
 

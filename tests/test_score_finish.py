@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from thyro.config import config_to_dict, load_config
-from thyro.distributed.score import _finish, _ScoreActor, file_rows, prepare_block
+from thyro.model.batch_scorer import BatchScorer
+from thyro.model.score_output import file_rows
+from thyro.model.score_stages import finish_rows, prepare_block
 from tests.dicom_builders import cine_dicom
 
 
@@ -28,7 +30,7 @@ def scored(tiny_phantom, tiny_run, tmp_path_factory):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     cfg = load_config(None, [{"score": {"frames": "all", "max_frames": 10, "cam_size": 16, "threads": 1}}])
-    actor = _ScoreActor(tiny_run, config_to_dict(cfg))
+    actor = BatchScorer(tiny_run, config_to_dict(cfg))
     items = pa.table({"input_uri": [str(folder / n) for n in sorted(files)], "data": [None] * len(files),
                       "error": [None] * len(files)})
     prepped = prepare_block(items, actor.p.preset, cfg.score)
@@ -41,7 +43,7 @@ def scored(tiny_phantom, tiny_run, tmp_path_factory):
 
 def _finish_with(scored, out, **kw):
     args = {"output": str(out), "overlays": "all", "region": 0.5, "preset": scored["preset"], "cam_size": 16}
-    return _finish(scored["table"], **{**args, **kw}).to_pandas()
+    return finish_rows(scored["table"], **{**args, **kw}).to_pandas()
 
 
 def test_cine_gives_ten_frame_rows_and_one_file_row_with_their_max_and_mean(scored, tmp_path):
@@ -109,7 +111,7 @@ def test_optional_faithfulness_columns(scored, tiny_run):
     """score.faithfulness_steps > 0: per-row deletion / insertion areas of the map and of a random order."""
     cfg = load_config(None, [{"score": {"frames": "all", "max_frames": 2, "cam_size": 16, "threads": 1,
                                         "faithfulness_steps": 4}}])
-    actor = _ScoreActor(tiny_run, config_to_dict(cfg))
+    actor = BatchScorer(tiny_run, config_to_dict(cfg))
     items = pa.table({"input_uri": [str(scored["folder"] / "0.png"), str(scored["folder"] / "broken.png")],
                       "data": [None, None], "error": [None, None]})
     t = actor(prepare_block(items, actor.p.preset, cfg.score)).to_pandas()

@@ -1,7 +1,7 @@
 """score.stages / actors / threads resolved by `pool_plan`, by hand."""
 
 from thyro.config import load_config
-from thyro.distributed.score import pool_plan
+from thyro.model.score_plan import pool_plan
 
 
 def _s(**score):
@@ -35,7 +35,7 @@ def test_the_score_driver_reads_cards_and_presets_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom thyro.distributed.score import run_score, file_rows\n"
+    code = ("import sys\nfrom thyro.distributed.score import run_score\nfrom thyro.model.score_output import file_rows\n"
             "from thyro.model.checkpoint import load_card\nfrom thyro.image.preset import Preset\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -116,7 +116,8 @@ def run_demo(cfg: Config, out: str, s3: bool = True, archive_size: tuple[int, in
 
     from thyro.data import storage
     from thyro.distributed.experiment import run_dir, run_experiment
-    from thyro.distributed.score import PRED_DIR, run_score
+    from thyro.distributed.score import run_score
+    from thyro.model.score_output import PRED_DIR
 
     out = os.path.abspath(out)
     t0 = time.perf_counter()
