@@ -38,7 +38,8 @@ def scored(tiny_phantom, tiny_run, tmp_path_factory):
     # An operating point inside the scores, so that both labels occur (what a calibrated card may give).
     ok = [p for p in first.column("prob_malignant").to_pylist() if p is not None]
     actor.p.threshold = float(np.median(ok))
-    return {"table": actor(prepped), "cfg": cfg, "preset": actor.p.preset.to_dict(), "folder": folder}
+    return {"table": actor(prepped), "cfg": cfg, "preset": actor.p.preset.to_dict(), "folder": folder,
+            "run": tiny_run}
 
 
 def _finish_with(scored, out, **kw):
@@ -150,3 +151,23 @@ def test_file_rows_by_hand_for_two_models_and_every_status():
     b, c = got["b", "m1"], got["c", "m1"]
     assert (b["n_skipped"], b["n_ok"], b["n_frames"], b["label_any"], b["prob_malignant_max"]) == (1, 0, 0, None, None)
     assert (c["n_error"], c["threshold"], c["label_any"], c["sha256"]) == (1, None, None, None)
+
+
+def test_fused_stages_give_the_split_stages_rows(scored, tmp_path):
+    # The two layouts of score.stages run the same functions: the rows must agree (timings aside).
+    from thyro.model.batch_scorer import FusedScorer
+
+    cfg, folder = scored["cfg"], scored["folder"]
+    names = sorted(p.name for p in folder.iterdir())
+    items = pa.table({"input_uri": [str(folder / n) for n in names], "data": [None] * len(names),
+                      "error": [None] * len(names)})
+    args = {"overlays": "all", "region": 0.5, "preset": scored["preset"], "cam_size": 16}
+    scorer = BatchScorer(scored["run"], config_to_dict(cfg))
+    split = finish_rows(scorer(prepare_block(items, scorer.p.preset, cfg.score)), output=str(tmp_path / "s"), **args)
+    fused = FusedScorer(scored["run"], config_to_dict(cfg), scored["preset"], set(),
+                        {"output": str(tmp_path / "f"), **args})(items)
+    timing = ["decode_ms", "infer_ms", "overlay_uri"]
+    a, b = split.drop_columns(timing).to_pandas(), fused.drop_columns(timing).to_pandas()
+    assert len(a) == len(b) == 10 + 1 + 8
+    pd.testing.assert_frame_equal(a, b)
+    assert fused.column("overlay_uri").null_count == split.column("overlay_uri").null_count == 1
