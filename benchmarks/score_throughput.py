@@ -77,9 +77,16 @@ def _with_preset(run: str, name: str, folder: str) -> str:
     return out
 
 
-def _pipeline(model: str, archive: str, output: str, cfg_sets: list[str]) -> dict:
-    """Run the score job in a fresh process: Ray start-up, then the job on the
-    running cluster (as `ray job submit` finds it); wall times and peak RSS."""
+# A cluster `ray job submit` finds has finished booting: its dashboard, agents and prestarted
+# workers are up and idle. Started in the job's own process, they go on loading for seconds after
+# `init_ray` returns and take CPU from the job; the timed run starts once they have settled.
+SETTLE_S = 5.0
+
+
+def _pipeline(model: str, archive: str, output: str, cfg_sets: list[str], settle: float = SETTLE_S) -> dict:
+    """Run the score job in a fresh process: Ray start-up, `settle` seconds for the new cluster
+    to finish booting, then the job on the running cluster (as `ray job submit` finds it); wall
+    times (start-up without the settling) and peak RSS."""
     code = ("import json,resource,sys,time\n"
             "from thyro.config import load_config, parse_override\n"
             "from thyro.distributed.common import init_ray\n"
@@ -88,6 +95,7 @@ def _pipeline(model: str, archive: str, output: str, cfg_sets: list[str]) -> dic
             "t = time.perf_counter()\n"
             "init_ray(cfg)\n"
             "up = time.perf_counter() - t\n"
+            f"time.sleep({settle})\n"
             "t = time.perf_counter()\n"
             f"r = run_score(cfg, {model!r}, {archive!r}, {output!r}, log=lambda s: None)\n"
             "print(json.dumps({'startup': up, 'seconds': time.perf_counter() - t, 'counts': r.counts,"
@@ -95,7 +103,11 @@ def _pipeline(model: str, archive: str, output: str, cfg_sets: list[str]) -> dic
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    with open(os.path.join(output, "run_manifest.json")) as f:
+        sc = json.load(f)["config"]["score"]  # the pool as resolved (score.stages / actors / threads auto)
+    r["plan"] = f"{sc['stages']}, {sc['actors']} actor(s) x {sc['threads']} thread(s)"
+    return r
 
 
 def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_core_ms: float) -> dict:
@@ -263,7 +275,7 @@ def main() -> None:
         b = args.n / one["seconds"]
         b_cold = args.n / (one["seconds"] + one["startup"])
         print(f"(b) full pipeline, end to end     : {b:7.1f} img/s  ({args.n} images, {one['seconds']:.1f}s on a "
-              f"running cluster; {b_cold:.1f} img/s counting Ray start-up, {one['startup']:.1f}s)")
+              f"running cluster; {b_cold:.1f} img/s counting Ray start-up, {one['startup']:.1f}s; {one['plan']})")
         marginal = None
         if big is not one:
             marginal = args.n * (args.scale - 1) / (big["seconds"] - one["seconds"])
