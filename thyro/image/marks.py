@@ -2,11 +2,26 @@
 
 Clinicians place calipers (+ and x marks, dotted lines) and measurement text on
 the nodules they worry about, so a model can learn the marks instead of the
-tissue. Marks are drawn, not imaged: crisp 1-3 px strokes at (near) full white,
-or coloured (yellow, green, cyan) where B-mode is grey. Tissue is blurred by the
-imaging system: speckle grains and punctate calcifications, however bright, are
-as wide as the point-spread function, so a 5x5 median keeps most of their
-brightness while it removes a stroke completely.
+tissue. Marks are drawn, not imaged: crisp 1-3 px strokes, white or coloured
+(yellow, green, cyan) where B-mode is grey. Once a screen is resampled (BUSI's
+copy was shrunk to 256 px) a white stroke is no longer white (180-230), so the
+detector does not rely on absolute levels but on shape and local contrast:
+
+- a stroke is thin across and long along one of four directions: a directional
+  white top-hat (what a short line *across* the direction removes) opened by a
+  line *along* it. Tissue is blurred by the imaging system: speckle grains and
+  punctate calcifications, however bright, are as wide as the point-spread
+  function and too short to survive the opening; ultrasound's specular lines
+  are long but horizontal only;
+- a caliper is a *cross*: strokes in two directions meet (+, x, and the corners
+  of letters). A calcification has no arms, a tissue streak one direction only;
+- dotted measuring lines are rows of dots, each like a calcification; they are
+  taken only where they run between two crosses;
+- saturated strokes (drawn at full white on the screen's own resolution) and
+  coloured pixels are found as before, without a cross.
+
+Scale: the kernels fit 1-2 px strokes and 5 px arms; larger screens are also
+searched at halved resolutions (a pyramid) down to about 256 px.
 """
 
 from __future__ import annotations
@@ -14,16 +29,128 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-SATURATED = 235  # grey level; marks are drawn at or near full white
-STRONG_CONTRAST = 110  # grey levels a stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
+SATURATED = 235  # grey level; marks drawn at or near full white
+STRONG_CONTRAST = 110  # grey levels a saturated stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
 WEAK_CONTRAST = 50  # ... where it crosses brighter tissue, if joined to a strong stroke pixel
 CHROMA = 60  # max(R, G, B) - min(R, G, B); B-mode is grey (chroma ~0)
+ARM = 5  # px: the shortest stroke that counts as an arm (a 1-px gap, e.g. a cross's centre, is bridged)
+STROKE_CONTRAST = 20  # grey levels a stroke stands above the tissue beside it (calipers on BUSI: 27-113)
+ARM_REACH = 2  # px: each of a cross's four arms is a stroke from 2 to this many px off its centre
+ARM_END = 8  # px: ... and ends within this many px (tissue streaks run on)
+REACH = 2 * ARM  # px: strokes this close to a cross belong to it (its arms, its digits, a letter's neighbours)
+DOTTED = 2.0  # a dotted line between two crosses: mean stroke response on it / beside it
+PYRAMID_MIN = 200  # px: search halved copies while their short side stays above this
 INPAINT_RADIUS = 3
 
 
-def mark_mask(img: np.ndarray) -> np.ndarray:
-    """Boolean (H, W) mask of annotation marks: crisp near-white strokes and coloured pixels."""
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+def _line(n: int, direction: int) -> np.ndarray:
+    """A 1-px line kernel of length n: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal."""
+    return [np.ones((1, n), np.uint8), np.ones((n, 1), np.uint8), np.eye(n, dtype=np.uint8),
+            np.eye(n, dtype=np.uint8)[::-1].copy()][direction]
+
+
+def stroke_response(grey: np.ndarray) -> np.ndarray:
+    """(4, H, W) uint8: per direction, how far a thin, >= ARM px long stroke stands above the tissue beside it.
+
+    Thin: a short line across the stroke does not fit inside it (a white top-hat). A
+    diagonal stroke must also be thin horizontally and vertically: the stacked, slightly
+    oblique streaks of bright tissue near the skin are thin along one diagonal but not
+    across the rows.
+    """
+    tophat = [cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _line(3, d)) for d in range(4)]
+    out = np.empty((4,) + grey.shape, np.uint8)
+    for d, across in enumerate(((1,), (0,), (0, 1, 3), (0, 1, 2))):
+        thin = np.minimum.reduce([tophat[e] for e in across])
+        thin = cv2.morphologyEx(thin, cv2.MORPH_CLOSE, _line(3, d))  # bridge one missing pixel along the stroke
+        out[d] = cv2.morphologyEx(thin, cv2.MORPH_OPEN, _line(ARM, d))
+    return out
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """out[y, x] = a[y + dy, x + dx], zero outside."""
+    h, w = a.shape
+    out = np.zeros_like(a)
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = a[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+    return out
+
+
+def _crosses(resp: np.ndarray) -> np.ndarray:
+    """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
+
+    A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
+    streak has two arms at most, a calcification none, two streaks that touch three.
+    """
+    out = np.zeros(resp.shape[1:], bool)
+    # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
+    for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
+                 ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
+        strength = []
+        for d, (dy, dx) in arms:
+            r = cv2.dilate(resp[d], _line(3, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
+            arm = np.full(r.shape, 255, np.uint8)
+            for k in range(2, ARM_REACH + 1):  # skip the centre's neighbour, where the other stroke may dim it
+                arm = cv2.min(arm, _shift(r, k * dy, k * dx))
+            # ... and the arm ends: a caliper's arms are short, a tissue streak runs on
+            tail = np.full(r.shape, 255, np.uint8)
+            for k in range(ARM_REACH + 1, ARM_END + 1):
+                tail = cv2.min(tail, _shift(resp[d], k * dy, k * dx))
+            arm[tail >= STROKE_CONTRAST // 2] = 0
+            strength.append(arm)
+        out |= np.minimum.reduce(strength) >= STROKE_CONTRAST
+    return out
+
+
+def _dotted(strong: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Dotted lines: segments between two cross centres that are much brighter in thin strokes than beside them."""
+    out = np.zeros(strong.shape, np.uint8)
+    n, _, _, xy = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)
+    pts = xy[1:]
+    h, w = strong.shape
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            a, b = pts[i], pts[j]
+            length = float(np.hypot(*(b - a)))
+            if length < 3 * REACH:
+                continue
+            t = np.linspace(0, 1, int(length) + 1)
+            t = t[(t * length > REACH) & ((1 - t) * length > REACH)]  # leave the crosses' own arms out
+            u = (b - a) / length
+            normal = np.array([-u[1], u[0]])
+
+            def mean_on(offset):
+                p = a[None] + t[:, None] * (b - a)[None] + offset * normal[None]
+                x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
+                y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
+                # the line may run a pixel off the straight path between the centres
+                return np.maximum.reduce([strong[np.clip(y + dy, 0, h - 1), np.clip(x + dx, 0, w - 1)]
+                                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).mean()
+
+            on = mean_on(0.0)
+            beside = max(mean_on(4.0), mean_on(-4.0), 1.0)
+            if on >= STROKE_CONTRAST / 2 and on >= DOTTED * beside:
+                cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
+    return out.astype(bool)
+
+
+def _spot_response(grey: np.ndarray) -> np.ndarray:
+    """How far a pixel stands above its 3x3 opening: dots of a dotted line, strokes, grains alike."""
+    return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((3, 3), np.uint8))
+
+
+def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
+    """Crosses and the strokes joined to them, plus dotted lines between crosses, at one scale."""
+    resp = stroke_response(grey)
+    centres = _crosses(resp)
+    if not centres.any():
+        return centres
+    stroke = resp.max(axis=0) >= STROKE_CONTRAST
+    near = cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2))
+    spots = _spot_response(grey)
+    return (stroke & (near > 0)) | centres | _dotted(spots, centres) & (spots >= STROKE_CONTRAST / 2)
+
+
+def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
+    """Crisp near-white strokes, whatever their shape (text, isolated dots drawn at full white)."""
     contrast = cv2.subtract(grey, cv2.medianBlur(grey, 5))
     bright = grey >= SATURATED
     # Hysteresis: a stroke crossing a bright speckle grain loses contrast there, while a
@@ -34,10 +161,28 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     seeded = np.zeros(n, bool)
     seeded[labels[bright & (contrast >= STRONG_CONTRAST)]] = True
     seeded[0] = False
-    stroke = seeded[labels]
+    return seeded[labels]
+
+
+def mark_mask(img: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of annotation marks: crosses and their strokes, saturated strokes, coloured pixels."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    found = _drawn_strokes(grey) | _saturated_strokes(grey)
+    level, small = 1, grey
+    while min(small.shape) // 2 >= PYRAMID_MIN:
+        small = cv2.pyrDown(small)
+        level *= 2
+        coarse = _drawn_strokes(small).astype(np.uint8)
+        if coarse.any():
+            # Back at full size, a coarse stroke covers its own width and more: keep the full-size
+            # pixels that stand out of the tissue there.
+            up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
+            up = cv2.dilate(up, np.ones((level + 1, level + 1), np.uint8)) > 0
+            found |= up & (_spot_response(grey) >= STROKE_CONTRAST / 2)
     r, g, b = cv2.split(img)
     chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)) >= CHROMA
-    marks = (stroke | chroma).astype(np.uint8)
+    marks = (found | chroma).astype(np.uint8)
     # Where strokes cross (the centre of a "+") the median is bright too; closing the
     # gap and a one-pixel dilation also take the anti-aliased edges.
     marks = cv2.morphologyEx(marks, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
