@@ -34,11 +34,13 @@ STRONG_CONTRAST = 110  # grey levels a saturated stroke stands above its 5x5 med
 WEAK_CONTRAST = 50  # ... where it crosses brighter tissue, if joined to a strong stroke pixel
 CHROMA = 60  # max(R, G, B) - min(R, G, B); B-mode is grey (chroma ~0)
 ARM = 5  # px: the shortest stroke that counts as an arm (a 1-px gap, e.g. a cross's centre, is bridged)
-STROKE_CONTRAST = 20  # grey levels a stroke stands above the tissue beside it (calipers on BUSI: 27-113)
+STROKE_CONTRAST = 20  # grey levels a stroke stands above the tissue beside it (calipers on BUSI: 27-113)...
+TEXTURE = 1.0  # ... or this many times the tissue's local standard deviation, if more (BUSI: 4-18)
 ARM_REACH = 2  # px: each of a cross's four arms is a stroke from 2 to this many px off its centre
 ARM_END = 8  # px: ... and ends within this many px (tissue streaks run on)
 REACH = 2 * ARM  # px: strokes this close to a cross belong to it (its arms, its digits, a letter's neighbours)
 DOTTED = 2.0  # a dotted line between two crosses: mean stroke response on it / beside it
+TEXT_GLYPHS = 3  # vertical strokes on one baseline that make a line of text
 PYRAMID_MIN = 200  # px: search halved copies while their short side stays above this
 INPAINT_RADIUS = 3
 
@@ -74,7 +76,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _crosses(resp: np.ndarray) -> np.ndarray:
+def _crosses(resp: np.ndarray, t: float) -> np.ndarray:
     """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
 
     A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
@@ -94,42 +96,83 @@ def _crosses(resp: np.ndarray) -> np.ndarray:
             tail = np.full(r.shape, 255, np.uint8)
             for k in range(ARM_REACH + 1, ARM_END + 1):
                 tail = cv2.min(tail, _shift(resp[d], k * dy, k * dx))
-            arm[tail >= STROKE_CONTRAST // 2] = 0
+            arm[tail >= t / 2] = 0
             strength.append(arm)
-        out |= np.minimum.reduce(strength) >= STROKE_CONTRAST
+        out |= np.minimum.reduce(strength) >= t
     return out
 
 
-def _dotted(strong: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Dotted lines: segments between two cross centres that are much brighter in thin strokes than beside them."""
-    out = np.zeros(strong.shape, np.uint8)
-    n, _, _, xy = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)
-    pts = xy[1:]
-    h, w = strong.shape
+def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
+    """Dotted lines: segments between two cross centres much brighter in small spots than their parallels."""
+    out = np.zeros(spots.shape, np.uint8)
+    pts = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)[3][1:]
+    h, w = spots.shape
+    # the line may run a pixel off the straight path between the two centres
+    loose = cv2.dilate(spots, np.ones((3, 3), np.uint8))
+
+    def mean_along(a, b, frac, offset):
+        p = a[None] + frac[:, None] * (b - a)[None] + offset[None]
+        x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
+        y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
+        return float(loose[y, x].mean())
+
     for i in range(len(pts)):
         for j in range(i + 1, len(pts)):
             a, b = pts[i], pts[j]
             length = float(np.hypot(*(b - a)))
             if length < 3 * REACH:
                 continue
-            t = np.linspace(0, 1, int(length) + 1)
-            t = t[(t * length > REACH) & ((1 - t) * length > REACH)]  # leave the crosses' own arms out
-            u = (b - a) / length
-            normal = np.array([-u[1], u[0]])
-
-            def mean_on(offset):
-                p = a[None] + t[:, None] * (b - a)[None] + offset * normal[None]
-                x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
-                y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
-                # the line may run a pixel off the straight path between the centres
-                return np.maximum.reduce([strong[np.clip(y + dy, 0, h - 1), np.clip(x + dx, 0, w - 1)]
-                                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).mean()
-
-            on = mean_on(0.0)
-            beside = max(mean_on(4.0), mean_on(-4.0), 1.0)
-            if on >= STROKE_CONTRAST / 2 and on >= DOTTED * beside:
+            frac = np.linspace(0, 1, int(length) + 1)
+            frac = frac[(frac * length > REACH) & ((1 - frac) * length > REACH)]  # the crosses' own arms aside
+            normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
+            on = mean_along(a, b, frac, 0 * normal)
+            # the median of six parallels: a second measuring line or a tissue edge may run beside it
+            beside = max(float(np.median([mean_along(a, b, frac, o * normal) for o in (-7, -5, -3, 3, 5, 7)])), 1.0)
+            if on >= t / 2 and on >= DOTTED * beside:
                 cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
     return out.astype(bool)
+
+
+def _text_lines(resp: np.ndarray, spots: np.ndarray, t: float) -> np.ndarray:
+    """Burned-in text: a row of >= TEXT_GLYPHS thin vertical strokes of a glyph's height on one baseline.
+
+    Letters have vertical strokes (l, t, 1, E, R...) standing on a common baseline; tissue
+    has thin vertical strokes rarely and never in a row.
+    """
+    v = (resp[1] >= t).astype(np.uint8)
+    n, _, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    x, y, w, h = (st[1:, i] for i in range(4))
+    keep = np.nonzero((h <= 4 * ARM) & (w <= 3))[0]
+    out = np.zeros(spots.shape, bool)
+    if len(keep) < TEXT_GLYPHS:
+        return out
+    keep = keep[np.argsort(x[keep])]
+    parent = list(range(len(keep)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(keep)):
+        for b in range(a + 1, len(keep)):
+            i, j = keep[a], keep[b]
+            if x[j] - x[i] > 2 * max(h[i], h[j]):
+                break
+            if abs((y[i] + h[i]) - (y[j] + h[j])) <= 2 and min(h[i], h[j]) * 2 >= max(h[i], h[j]):
+                parent[root(b)] = root(a)
+    groups: dict[int, list[int]] = {}
+    for a in range(len(keep)):
+        groups.setdefault(root(a), []).append(keep[a])
+    for g in groups.values():
+        if len(g) < TEXT_GLYPHS:
+            continue
+        g = np.array(g)
+        top, bottom = int(y[g].min()) - 1, int((y[g] + h[g]).max()) + 2  # descenders aside
+        pad = int(h[g].max())
+        x0, x1 = max(0, int(x[g].min()) - pad), int((x[g] + w[g]).max()) + pad
+        out[max(0, top):bottom, x0:x1] |= spots[max(0, top):bottom, x0:x1] >= t
+    return out
 
 
 def _spot_response(grey: np.ndarray) -> np.ndarray:
@@ -137,16 +180,37 @@ def _spot_response(grey: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((3, 3), np.uint8))
 
 
+def contrast_threshold(grey: np.ndarray) -> float:
+    """Grey levels a stroke must stand out by here: STROKE_CONTRAST, or more on coarse, contrasty texture.
+
+    The tissue's own contrast is the median local standard deviation (9x9): marks are
+    too few to move the median.
+    """
+    g = grey.astype(np.float32)
+    mean = cv2.blur(g, (9, 9))
+    sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
+    return max(float(STROKE_CONTRAST), TEXTURE * float(np.median(sd)))
+
+
 def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
-    """Crosses and the strokes joined to them, plus dotted lines between crosses, at one scale."""
+    """Crosses and the strokes joined to them, dotted lines between crosses, and text lines, at one scale."""
+    t = contrast_threshold(grey)
     resp = stroke_response(grey)
-    centres = _crosses(resp)
-    if not centres.any():
-        return centres
-    stroke = resp.max(axis=0) >= STROKE_CONTRAST
-    near = cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2))
     spots = _spot_response(grey)
-    return (stroke & (near > 0)) | centres | _dotted(spots, centres) & (spots >= STROKE_CONTRAST / 2)
+    text = _text_lines(resp, spots, t)
+    centres = _crosses(resp, t)
+    if not centres.any():
+        return text
+    stroke = resp.max(axis=0) >= t
+    # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
+    # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
+    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH + 3,) * 2, np.uint8)) > 0)
+    level = np.median(grey[arms]) if arms.any() else 0
+    stroke &= grey >= level - t
+    near = cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2))
+    # A letter can look like a cross; measuring lines run between calipers, not letters.
+    dotted = _dotted(spots, centres & ~text, t) & (spots >= t / 2)
+    return text | (stroke & (near > 0)) | centres | dotted
 
 
 def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
@@ -171,7 +235,7 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     found = _drawn_strokes(grey) | _saturated_strokes(grey)
     level, small = 1, grey
     while min(small.shape) // 2 >= PYRAMID_MIN:
-        small = cv2.pyrDown(small)
+        small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
         level *= 2
         coarse = _drawn_strokes(small).astype(np.uint8)
         if coarse.any():
@@ -179,7 +243,11 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
             # pixels that stand out of the tissue there.
             up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
             up = cv2.dilate(up, np.ones((level + 1, level + 1), np.uint8)) > 0
-            found |= up & (_spot_response(grey) >= STROKE_CONTRAST / 2)
+            found |= up & (_spot_response(grey) >= contrast_threshold(grey) / 2)
+    if min(h, w) < PYRAMID_MIN:
+        # A small image: a screen shrunk so far that a 1-px stroke is a grey smear; look at it enlarged
+        big = _drawn_strokes(cv2.resize(grey, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC))
+        found |= cv2.resize(big.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
     r, g, b = cv2.split(img)
     chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)) >= CHROMA
     marks = (found | chroma).astype(np.uint8)
