@@ -133,17 +133,20 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
     return out.astype(bool)
 
 
-def _text_lines(resp: np.ndarray, spots: np.ndarray, t: float) -> np.ndarray:
+def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float) -> np.ndarray:
     """Burned-in text: a row of >= TEXT_GLYPHS thin vertical strokes of a glyph's height on one baseline.
 
     Letters have vertical strokes (l, t, 1, E, R...) standing on a common baseline; tissue
-    has thin vertical strokes rarely and never in a row.
+    has thin vertical strokes rarely and never in a row. The line then takes in the
+    glyphs without one (A, X, 2) along its band: small bright spots as bright as its
+    strokes (text is drawn in one colour), less than a glyph's height apart.
     """
     v = (resp[1] >= t).astype(np.uint8)
-    n, _, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
-    x, y, w, h = (st[1:, i] for i in range(4))
+    n, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    x, y, w, h = (st[:, i] for i in range(4))
     keep = np.nonzero((h <= 4 * ARM) & (w <= 3))[0]
-    out = np.zeros(spots.shape, bool)
+    keep = keep[keep > 0]
+    out = np.zeros(grey.shape, bool)
     if len(keep) < TEXT_GLYPHS:
         return out
     keep = keep[np.argsort(x[keep])]
@@ -168,16 +171,20 @@ def _text_lines(resp: np.ndarray, spots: np.ndarray, t: float) -> np.ndarray:
         if len(g) < TEXT_GLYPHS:
             continue
         g = np.array(g)
-        top, bottom = int(y[g].min()) - 1, int((y[g] + h[g]).max()) + 2  # descenders aside
-        pad = int(h[g].max())
-        x0, x1 = max(0, int(x[g].min()) - pad), int((x[g] + w[g]).max()) + pad
-        out[max(0, top):bottom, x0:x1] |= spots[max(0, top):bottom, x0:x1] >= t
+        top, bottom = max(0, int(y[g].min()) - 1), int((y[g] + h[g]).max()) + 2  # descenders aside
+        glyph = int(h[g].max())
+        level = np.median(grey[np.isin(labels, g)])
+        ink = ((spots[top:bottom] >= t) & (grey[top:bottom] >= level - t)).astype(np.uint8)
+        joined = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, glyph + 1), np.uint8))
+        _, parts = cv2.connectedComponents(joined, connectivity=8)
+        seeds = np.unique(parts[:, int(x[g].min()):int((x[g] + w[g]).max())])
+        out[top:bottom] |= np.isin(parts, seeds[seeds > 0]) & (ink > 0)
     return out
 
 
-def _spot_response(grey: np.ndarray) -> np.ndarray:
-    """How far a pixel stands above its 3x3 opening: dots of a dotted line, strokes, grains alike."""
-    return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((3, 3), np.uint8))
+def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
+    """How far a pixel stands above its size x size opening: dots of a dotted line, strokes, grains alike."""
+    return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((size, size), np.uint8))
 
 
 def contrast_threshold(grey: np.ndarray) -> float:
@@ -197,7 +204,7 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     t = contrast_threshold(grey)
     resp = stroke_response(grey)
     spots = _spot_response(grey)
-    text = _text_lines(resp, spots, t)
+    text = _text_lines(grey, resp, spots, t)
     centres = _crosses(resp, t)
     if not centres.any():
         return text
@@ -233,17 +240,17 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
     found = _drawn_strokes(grey) | _saturated_strokes(grey)
-    level, small = 1, grey
+    level, small, threshold = 1, grey, contrast_threshold(grey)
     while min(small.shape) // 2 >= PYRAMID_MIN:
         small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
         level *= 2
         coarse = _drawn_strokes(small).astype(np.uint8)
         if coarse.any():
             # Back at full size, a coarse stroke covers its own width and more: keep the full-size
-            # pixels that stand out of the tissue there.
+            # pixels that stand out of the tissue there (strokes up to `level` px wide).
             up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
             up = cv2.dilate(up, np.ones((level + 1, level + 1), np.uint8)) > 0
-            found |= up & (_spot_response(grey) >= contrast_threshold(grey) / 2)
+            found |= up & (_spot_response(grey, 2 * level + 1) >= threshold / 2)
     if min(h, w) < PYRAMID_MIN:
         # A small image: a screen shrunk so far that a 1-px stroke is a grey smear; look at it enlarged
         big = _drawn_strokes(cv2.resize(grey, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC))
