@@ -35,12 +35,15 @@ WEAK_CONTRAST = 50  # ... where it crosses brighter tissue, if joined to a stron
 CHROMA = 60  # max(R, G, B) - min(R, G, B); B-mode is grey (chroma ~0)
 ARM = 5  # px: the shortest stroke that counts as an arm (a 1-px gap, e.g. a cross's centre, is bridged)
 STROKE_CONTRAST = 20  # grey levels a stroke stands above the tissue beside it (calipers on BUSI: 27-113)...
-TEXTURE = 1.0  # ... or this many times the tissue's local standard deviation, if more (BUSI: 4-18)
+TEXTURE = 1.0  # ... or this many times the tissue's local standard deviation, if more (BUSI: 4-18)...
+TISSUE_STROKES = 0.8  # ... and, per direction, this many times the tissue's own stroke response at
+TISSUE_PERCENTILE = 99  # this percentile
 ARM_REACH = 2  # px: each of a cross's four arms is a stroke from 2 to this many px off its centre
 ARM_END = 8  # px: ... and ends within this many px (tissue streaks run on)
 REACH = 2 * ARM  # px: strokes this close to a cross belong to it (its arms, its digits, a letter's neighbours)
 DOTTED = 2.0  # a dotted line between two crosses: mean stroke response on it / beside it
 TEXT_GLYPHS = 3  # vertical strokes on one baseline that make a line of text
+TEXT_INK = 0.5  # most a text line's box its strokes fill
 PYRAMID_MIN = 200  # px: search halved copies while their short side stays above this
 INPAINT_RADIUS = 3
 
@@ -76,7 +79,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _crosses(resp: np.ndarray, t: float) -> np.ndarray:
+def _crosses(resp: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
 
     A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
@@ -96,9 +99,10 @@ def _crosses(resp: np.ndarray, t: float) -> np.ndarray:
             tail = np.full(r.shape, 255, np.uint8)
             for k in range(ARM_REACH + 1, ARM_END + 1):
                 tail = cv2.min(tail, _shift(resp[d], k * dy, k * dx))
-            arm[tail >= t / 2] = 0
+            arm[tail >= t[d] / 2] = 0
+            arm[arm < t[d]] = 0
             strength.append(arm)
-        out |= np.minimum.reduce(strength) >= t
+        out |= np.minimum.reduce(strength) > 0
     return out
 
 
@@ -133,7 +137,7 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
     return out.astype(bool)
 
 
-def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float) -> np.ndarray:
+def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float, t_vertical: float) -> np.ndarray:
     """Burned-in text: a row of >= TEXT_GLYPHS thin vertical strokes of a glyph's height on one baseline.
 
     Letters have vertical strokes (l, t, 1, E, R...) standing on a common baseline; tissue
@@ -141,7 +145,7 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float)
     glyphs without one (A, X, 2) along its band: small bright spots as bright as its
     strokes (text is drawn in one colour), less than a glyph's height apart.
     """
-    v = (resp[1] >= t).astype(np.uint8)
+    v = (resp[1] >= t_vertical).astype(np.uint8)
     n, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
     x, y, w, h = (st[:, i] for i in range(4))
     keep = np.nonzero((h <= 4 * ARM) & (w <= 3))[0]
@@ -162,7 +166,8 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float)
             i, j = keep[a], keep[b]
             if x[j] - x[i] > 2 * max(h[i], h[j]):
                 break
-            if abs((y[i] + h[i]) - (y[j] + h[j])) <= 2 and min(h[i], h[j]) * 2 >= max(h[i], h[j]):
+            # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
+            if abs((y[i] + h[i]) - (y[j] + h[j])) <= 1 and abs(y[i] - y[j]) <= 1:
                 parent[root(b)] = root(a)
     groups: dict[int, list[int]] = {}
     for a in range(len(keep)):
@@ -171,14 +176,26 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float)
         if len(g) < TEXT_GLYPHS:
             continue
         g = np.array(g)
+        # Text is drawn in one colour: its strokes peak at one grey level; tissue's do not.
+        peaks = np.array([grey[labels == k].max() for k in g], float)
+        if peaks.max() - peaks.min() > t:
+            continue
         top, bottom = max(0, int(y[g].min()) - 1), int((y[g] + h[g]).max()) + 2  # descenders aside
         glyph = int(h[g].max())
         level = np.median(grey[np.isin(labels, g)])
         ink = ((spots[top:bottom] >= t) & (grey[top:bottom] >= level - t)).astype(np.uint8)
+        # ... but a line of text is not a band of bright tissue: a few glyphs beyond its strokes at most
+        x0, x1 = int(x[g].min()), int((x[g] + w[g]).max())
+        ink[:, :max(0, x0 - 3 * glyph)] = 0
+        ink[:, x1 + 3 * glyph:] = 0
         joined = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, glyph + 1), np.uint8))
         _, parts = cv2.connectedComponents(joined, connectivity=8)
-        seeds = np.unique(parts[:, int(x[g].min()):int((x[g] + w[g]).max())])
-        out[top:bottom] |= np.isin(parts, seeds[seeds > 0]) & (ink > 0)
+        seeds = np.unique(parts[:, x0:x1])
+        line = np.isin(parts, seeds[seeds > 0]) & (ink > 0)
+        cols = np.nonzero(line.any(axis=0))[0]
+        # glyphs leave most of their box empty; a bright band of tissue fills it
+        if len(cols) and line.mean() * line.shape[1] / (cols[-1] - cols[0] + 1) <= TEXT_INK:
+            out[top:bottom] |= line
     return out
 
 
@@ -188,7 +205,7 @@ def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
 
 
 def contrast_threshold(grey: np.ndarray) -> float:
-    """Grey levels a stroke must stand out by here: STROKE_CONTRAST, or more on coarse, contrasty texture.
+    """Grey levels a mark must stand out by here: STROKE_CONTRAST, or more on coarse, contrasty texture.
 
     The tissue's own contrast is the median local standard deviation (9x9): marks are
     too few to move the median.
@@ -199,25 +216,45 @@ def contrast_threshold(grey: np.ndarray) -> float:
     return max(float(STROKE_CONTRAST), TEXTURE * float(np.median(sd)))
 
 
+def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
+    """Per direction, the stroke response a mark's stroke needs: above the tissue's own strokes.
+
+    Tissue makes strokes too, mostly horizontal (specular boundaries, laterally smeared
+    speckle) and as many as a few per cent of pixels on some scanners; marks are far
+    fewer, so the tissue's 99th percentile per direction (inside the field: not black)
+    sets the bar.
+    """
+    base = contrast_threshold(grey)
+    inside = grey > 0
+    if inside.sum() < 100:
+        return np.full(4, base)
+    return np.array([max(base, TISSUE_STROKES * float(np.percentile(r[inside], TISSUE_PERCENTILE))) for r in resp])
+
+
 def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     """Crosses and the strokes joined to them, dotted lines between crosses, and text lines, at one scale."""
-    t = contrast_threshold(grey)
     resp = stroke_response(grey)
+    td = stroke_thresholds(grey, resp)
+    t = contrast_threshold(grey)
     spots = _spot_response(grey)
-    text = _text_lines(grey, resp, spots, t)
-    centres = _crosses(resp, t)
+    text = _text_lines(grey, resp, spots, t, td[1])
+    centres = _crosses(resp, td)
     if not centres.any():
         return text
-    stroke = resp.max(axis=0) >= t
+    stroke = (resp >= td[:, None, None]).any(axis=0)
     # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
     # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
     arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH + 3,) * 2, np.uint8)) > 0)
     level = np.median(grey[arms]) if arms.any() else 0
     stroke &= grey >= level - t
-    near = cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2))
+    # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
+    n, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
+    touch = np.unique(parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0])
+    near = np.isin(parts, touch[touch > 0]) & (cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2)) > 0)
     # A letter can look like a cross; measuring lines run between calipers, not letters.
     dotted = _dotted(spots, centres & ~text, t) & (spots >= t / 2)
-    return text | (stroke & (near > 0)) | centres | dotted
+    return text | near | centres | dotted
 
 
 def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
