@@ -23,6 +23,10 @@ share of tissue spots touched (lower is better); fp: masked share of field pixel
 images with no annotation (BUSI's top-left probe icon excluded), mean / max; stray:
 masked share of field pixels farther than 6 px from every reference annotation, all 35.
 `--all`: also the share of all 647 images with anything masked, and the mean masked area.
+`--phantom N`: also N of thyro's scanner-layout phantom screens (shortcuts 1, 256 px), each
+rendered twice from one random state, with and without its overlays: the pixels that
+differ are the drawn marks inside the field (the oracle). Printed: share of them masked,
+and the masked share of field pixels more than 2 px from any of them (tissue), mean / max.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import csv
 import os
 import time
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -154,10 +159,40 @@ def survey(data: str) -> tuple[float, float, int]:
     return float(np.mean(any_mark)), float(np.mean(area)), len(names)
 
 
+def phantom_screens(n: int, size: int = 256):
+    """(screen, field mask, drawn-overlay mask) for n scanner-layout phantom screens."""
+    from thyro.data import phantom, screen
+
+    out = []
+    for k in range(n):
+        label, preset = k % 2, screen.PRESETS[k % len(screen.PRESETS)]
+        rng = np.random.default_rng([0, k])
+        nodule = phantom.sample_nodule(rng, label, 0.0)
+        state = rng.bit_generator.state
+        img, _, field, _ = phantom.render_screen(rng, size, label, nodule, k, preset, 1.0)
+        rng.bit_generator.state = state
+        with mock.patch.object(screen, "draw", lambda *a, **kw: None):  # the same screen, no overlays
+            bare, _, _, _ = phantom.render_screen(rng, size, label, nodule, k, preset, 1.0)
+        out.append((img, field, (img != bare).any(axis=2) & field))
+    return out
+
+
+def phantom_figures(n: int) -> tuple[float, float, float]:
+    recall, tissue = [], []
+    for img, field, drawn in phantom_screens(n):
+        _, mask = suppress_marks(img, field)
+        if drawn.any():
+            recall.append(mask[drawn].mean())
+        away = field & (cv2.dilate(drawn.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0)
+        tissue.append(mask[away].mean())
+    return float(np.mean(recall)), float(np.mean(tissue)), float(np.max(tissue))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "busi"))
     ap.add_argument("--all", action="store_true", help="also survey all images (share with any mark, mean area)")
+    ap.add_argument("--phantom", type=int, default=0, help="also N phantom screens against their drawn overlays")
     args = ap.parse_args()
     if not os.path.isdir(args.data):
         raise SystemExit(f"{args.data}: BUSI folder not found (see --data)")
@@ -177,6 +212,10 @@ def main() -> None:
     if args.all:
         share, area, n = survey(args.data)
         print(f"all {n} stored images: anything masked on {share:.3f}, mean masked area {area * 100:.3f}%")
+    if args.phantom:
+        rec, fp, fp_max = phantom_figures(args.phantom)
+        print(f"phantom, {args.phantom} scanner screens: drawn marks in the field masked {rec:.3f}; "
+              f"tissue masked {fp * 100:.3f}% mean, {fp_max * 100:.2f}% max")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_mismatched_field_mask_is_an_error():
 def _bmode(seed=0, size=S, mean=150.0):
     """Log-compressed speckle, as a scanner displays it: 2.5 grey levels per dB, local sd ~14 (BUSI: 4-18)."""
     rng = np.random.default_rng(seed)
-    a, b = (gaussian_filter(rng.normal(size=(size, size)), 1.0) for _ in range(2))
+    a, b = (gaussian_filter(rng.normal(size=(size, size)), size / S) for _ in range(2))  # grain grows with the image
     r = np.hypot(a, b)
     grey = np.clip(mean + 2.5 * 20 * np.log10(r / r.mean() + 1e-6), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
@@ -131,7 +131,7 @@ def test_bright_dot_of_a_calipers_grey_is_left_alone(diameter):
 
 
 def test_caliper_at_twice_the_scale_is_found():
-    # A 512 px screen: 2-px strokes, 17 px across; the detector also looks at the halved image.
+    # The same screen at 512 px: tissue grain, strokes (2 px) and crosses (17 px) twice as large.
     img = _bmode(seed=3, size=2 * S)
     m = np.zeros((2 * S, 2 * S), np.uint8)
     for cx, cy in ((120, 120), (256, 300), (400, 180)):

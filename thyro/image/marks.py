@@ -13,15 +13,22 @@ detector does not rely on absolute levels but on shape and local contrast:
   punctate calcifications, however bright, are as wide as the point-spread
   function and too short to survive the opening; ultrasound's specular lines
   are long but horizontal only;
-- a caliper is a *cross*: strokes in two directions meet (+, x, and the corners
-  of letters). A calcification has no arms, a tissue streak one direction only;
+- a caliper is a *cross*: four short arms (+ or x) from one centre, each ending
+  within a few px. A calcification has no arms, a tissue streak runs on in one
+  direction. Strokes must beat the tissue's own, per direction (its 99th
+  percentile): some scanners smear speckle into short horizontal streaks;
+- a caliper's digit and the rest of its strokes: as bright as its arms, touching them;
 - dotted measuring lines are rows of dots, each like a calcification; they are
   taken only where they run between two crosses;
+- text: a row of vertical strokes with one cap height, baseline and grey level,
+  plus the glyphs between them;
 - saturated strokes (drawn at full white on the screen's own resolution) and
-  coloured pixels are found as before, without a cross.
+  coloured pixels are found as before, by level.
 
-Scale: the kernels fit 1-2 px strokes and 5 px arms; larger screens are also
-searched at halved resolutions (a pyramid) down to about 256 px.
+Scale: the px sizes below are for a ~256 px image (1-2 px strokes, crosses 9-17 px
+across) and double from ~384 px on (`scale`); not more, as scanners draw 1-2 px
+strokes at any screen size. Images under 200 px (a screen shrunk so far that a
+stroke is a grey smear) are also searched enlarged twice.
 """
 
 from __future__ import annotations
@@ -40,11 +47,13 @@ TISSUE_STROKES = 0.8  # ... and, per direction, this many times the tissue's own
 TISSUE_PERCENTILE = 99  # this percentile
 ARM_REACH = 2  # px: each of a cross's four arms is a stroke from 2 to this many px off its centre
 ARM_END = 8  # px: ... and ends within this many px (tissue streaks run on)
-REACH = 2 * ARM  # px: strokes this close to a cross belong to it (its arms, its digits, a letter's neighbours)
+REACH = 2 * ARM  # px: a dotted line's profile starts this far from the crosses it joins
+MAX_CROSSES = 24  # a screen carries a few pairs of calipers, never dozens
 DOTTED = 2.0  # a dotted line between two crosses: mean stroke response on it / beside it
 TEXT_GLYPHS = 3  # vertical strokes on one baseline that make a line of text
 TEXT_INK = 0.5  # most a text line's box its strokes fill
-PYRAMID_MIN = 200  # px: search halved copies while their short side stays above this
+SMALL = 200  # px: images with a shorter side are also searched enlarged twice
+MAX_SCALE = 2  # px per px at 256: larger screens still draw strokes of 1-2 px
 INPAINT_RADIUS = 3
 
 
@@ -54,7 +63,7 @@ def _line(n: int, direction: int) -> np.ndarray:
             np.eye(n, dtype=np.uint8)[::-1].copy()][direction]
 
 
-def stroke_response(grey: np.ndarray) -> np.ndarray:
+def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
     """(4, H, W) uint8: per direction, how far a thin, >= ARM px long stroke stands above the tissue beside it.
 
     Thin: a short line across the stroke does not fit inside it (a white top-hat). A
@@ -62,24 +71,25 @@ def stroke_response(grey: np.ndarray) -> np.ndarray:
     oblique streaks of bright tissue near the skin are thin along one diagonal but not
     across the rows.
     """
-    tophat = [cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _line(3, d)) for d in range(4)]
+    tophat = [cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _line(2 * u + 1, d)) for d in range(4)]
     out = np.empty((4,) + grey.shape, np.uint8)
     for d, across in enumerate(((1,), (0,), (0, 1, 3), (0, 1, 2))):
         thin = np.minimum.reduce([tophat[e] for e in across])
-        thin = cv2.morphologyEx(thin, cv2.MORPH_CLOSE, _line(3, d))  # bridge one missing pixel along the stroke
-        out[d] = cv2.morphologyEx(thin, cv2.MORPH_OPEN, _line(ARM, d))
+        thin = cv2.morphologyEx(thin, cv2.MORPH_CLOSE, _line(u + 2, d))  # bridge a u px gap (a cross's centre)
+        out[d] = cv2.morphologyEx(thin, cv2.MORPH_OPEN, _line(ARM * u, d))
     return out
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """out[y, x] = a[y + dy, x + dx], zero outside."""
-    h, w = a.shape
-    out = np.zeros_like(a)
-    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = a[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
-    return out
+def _offsets(steps, dy: int, dx: int) -> np.ndarray:
+    """A kernel for cv2.erode whose minimum runs over the pixels k * (dy, dx) away, k in steps."""
+    c = max(steps)
+    k = np.zeros((2 * c + 1, 2 * c + 1), np.uint8)
+    for s in steps:
+        k[c + s * dy, c + s * dx] = 1
+    return k
 
 
-def _crosses(resp: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
 
     A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
@@ -89,24 +99,21 @@ def _crosses(resp: np.ndarray, t: np.ndarray) -> np.ndarray:
     # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
     for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
                  ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
-        strength = []
+        found = np.ones(resp.shape[1:], bool)
         for d, (dy, dx) in arms:
-            r = cv2.dilate(resp[d], _line(3, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
-            arm = np.full(r.shape, 255, np.uint8)
-            for k in range(2, ARM_REACH + 1):  # skip the centre's neighbour, where the other stroke may dim it
-                arm = cv2.min(arm, _shift(r, k * dy, k * dx))
-            # ... and the arm ends: a caliper's arms are short, a tissue streak runs on
-            tail = np.full(r.shape, 255, np.uint8)
-            for k in range(ARM_REACH + 1, ARM_END + 1):
-                tail = cv2.min(tail, _shift(resp[d], k * dy, k * dx))
-            arm[tail >= t[d] / 2] = 0
-            arm[arm < t[d]] = 0
-            strength.append(arm)
-        out |= np.minimum.reduce(strength) > 0
+            r = cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
+            # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
+            arm = cv2.erode(r, _offsets(range(2 * u, ARM_REACH * u + 1), dy, dx),
+                            borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on
+            tail = cv2.erode(resp[d], _offsets(range(ARM_REACH * u + 1, ARM_END * u + 1), dy, dx),
+                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            found &= (arm >= t[d]) & (tail < t[d] / 2)
+        out |= found
     return out
 
 
-def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
+def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.ndarray:
     """Dotted lines: segments between two cross centres much brighter in small spots than their parallels."""
     out = np.zeros(spots.shape, np.uint8)
     pts = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)[3][1:]
@@ -124,10 +131,10 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
         for j in range(i + 1, len(pts)):
             a, b = pts[i], pts[j]
             length = float(np.hypot(*(b - a)))
-            if length < 3 * REACH:
+            if length < 3 * REACH * u:
                 continue
             frac = np.linspace(0, 1, int(length) + 1)
-            frac = frac[(frac * length > REACH) & ((1 - frac) * length > REACH)]  # the crosses' own arms aside
+            frac = frac[(frac * length > REACH * u) & ((1 - frac) * length > REACH * u)]  # the crosses' arms aside
             normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
             on = mean_along(a, b, frac, 0 * normal)
             # the median of six parallels: a second measuring line or a tissue edge may run beside it
@@ -137,7 +144,8 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float) -> np.ndarray:
     return out.astype(bool)
 
 
-def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float, t_vertical: float) -> np.ndarray:
+def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float, t_vertical: float,
+                u: int = 1) -> np.ndarray:
     """Burned-in text: a row of >= TEXT_GLYPHS thin vertical strokes of a glyph's height on one baseline.
 
     Letters have vertical strokes (l, t, 1, E, R...) standing on a common baseline; tissue
@@ -146,9 +154,9 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     strokes (text is drawn in one colour), less than a glyph's height apart.
     """
     v = (resp[1] >= t_vertical).astype(np.uint8)
-    n, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    _, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
     x, y, w, h = (st[:, i] for i in range(4))
-    keep = np.nonzero((h <= 4 * ARM) & (w <= 3))[0]
+    keep = np.nonzero((h <= 4 * ARM * u) & (w <= 2 * u + 1))[0]
     keep = keep[keep > 0]
     out = np.zeros(grey.shape, bool)
     if len(keep) < TEXT_GLYPHS:
@@ -167,7 +175,7 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
             if x[j] - x[i] > 2 * max(h[i], h[j]):
                 break
             # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
-            if abs((y[i] + h[i]) - (y[j] + h[j])) <= 1 and abs(y[i] - y[j]) <= 1:
+            if abs((y[i] + h[i]) - (y[j] + h[j])) <= u and abs(y[i] - y[j]) <= u:
                 parent[root(b)] = root(a)
     groups: dict[int, list[int]] = {}
     for a in range(len(keep)):
@@ -204,6 +212,12 @@ def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
     return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((size, size), np.uint8))
 
 
+def _percentile_u8(a: np.ndarray, q: float) -> float:
+    """np.percentile (lower) of uint8 values, by histogram: linear time, whatever the image size."""
+    counts = np.cumsum(np.bincount(a.ravel(), minlength=256))
+    return float(np.searchsorted(counts, q / 100 * (counts[-1] - 1), side="right")) if counts[-1] else 0.0
+
+
 def contrast_threshold(grey: np.ndarray) -> float:
     """Grey levels a mark must stand out by here: STROKE_CONTRAST, or more on coarse, contrasty texture.
 
@@ -213,7 +227,7 @@ def contrast_threshold(grey: np.ndarray) -> float:
     g = grey.astype(np.float32)
     mean = cv2.blur(g, (9, 9))
     sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
-    return max(float(STROKE_CONTRAST), TEXTURE * float(np.median(sd)))
+    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.clip(sd, 0, 255).astype(np.uint8), 50))
 
 
 def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
@@ -228,32 +242,41 @@ def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
     inside = grey > 0
     if inside.sum() < 100:
         return np.full(4, base)
-    return np.array([max(base, TISSUE_STROKES * float(np.percentile(r[inside], TISSUE_PERCENTILE))) for r in resp])
+    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r[inside], TISSUE_PERCENTILE)) for r in resp])
+
+
+def scale(shape: tuple[int, int]) -> int:
+    """Kernel scale: 1 up to ~384 px, 2 above (a screen's marks grow with it; BUSI's 256 px is 1)."""
+    return int(min(MAX_SCALE, max(1, round(min(shape) / 256))))
 
 
 def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
-    """Crosses and the strokes joined to them, dotted lines between crosses, and text lines, at one scale."""
-    resp = stroke_response(grey)
+    """Crosses and the strokes joined to them, dotted lines between crosses, and text lines."""
+    u = scale(grey.shape)
+    resp = stroke_response(grey, u)
     td = stroke_thresholds(grey, resp)
     t = contrast_threshold(grey)
-    spots = _spot_response(grey)
-    text = _text_lines(grey, resp, spots, t, td[1])
-    centres = _crosses(resp, td)
-    if not centres.any():
+    spots = _spot_response(grey, 2 * u + 1)
+    text = _text_lines(grey, resp, spots, t, td[1], u)
+    centres = _crosses(resp, td, u)
+    n = cv2.connectedComponents(centres.astype(np.uint8), connectivity=8)[0] - 1
+    if n == 0 or n > MAX_CROSSES:
+        # More cross-like points than any screen has calipers: the texture makes them here
+        # (fine, contrasty speckle); inpainting them would paint over the tissue.
         return text
     stroke = (resp >= td[:, None, None]).any(axis=0)
     # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
     # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
-    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH + 3,) * 2, np.uint8)) > 0)
+    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
     level = np.median(grey[arms]) if arms.any() else 0
     stroke &= grey >= level - t
     # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
-    n, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
+    _, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
     touch = np.unique(parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0])
     near = np.isin(parts, touch[touch > 0]) & (cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(
-        cv2.MORPH_ELLIPSE, (2 * REACH + 1,) * 2)) > 0)
+        cv2.MORPH_ELLIPSE, (2 * (ARM_END + ARM) * u + 1,) * 2)) > 0)
     # A letter can look like a cross; measuring lines run between calipers, not letters.
-    dotted = _dotted(spots, centres & ~text, t) & (spots >= t / 2)
+    dotted = _dotted(spots, centres & ~text, t, u) & (spots >= t / 2)
     return text | near | centres | dotted
 
 
@@ -277,18 +300,7 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
     found = _drawn_strokes(grey) | _saturated_strokes(grey)
-    level, small, threshold = 1, grey, contrast_threshold(grey)
-    while min(small.shape) // 2 >= PYRAMID_MIN:
-        small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
-        level *= 2
-        coarse = _drawn_strokes(small).astype(np.uint8)
-        if coarse.any():
-            # Back at full size, a coarse stroke covers its own width and more: keep the full-size
-            # pixels that stand out of the tissue there (strokes up to `level` px wide).
-            up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
-            up = cv2.dilate(up, np.ones((level + 1, level + 1), np.uint8)) > 0
-            found |= up & (_spot_response(grey, 2 * level + 1) >= threshold / 2)
-    if min(h, w) < PYRAMID_MIN:
+    if min(h, w) < SMALL:
         # A small image: a screen shrunk so far that a 1-px stroke is a grey smear; look at it enlarged
         big = _drawn_strokes(cv2.resize(grey, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC))
         found |= cv2.resize(big.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
