@@ -114,7 +114,8 @@ def evaluate(data: str, ref: dict, setting: str) -> dict:
             (ax, ay), (bx, by) = to_frame(box[0], box[1]), to_frame(box[2], box[3])
             if kind in ANNOTATION:
                 pad = STRAY * f
-                cv2.rectangle(annotated, (int(ax - pad), int(ay - pad)), (int(np.ceil(bx + pad)), int(np.ceil(by + pad))), 1, -1)
+                cv2.rectangle(annotated, (int(ax - pad), int(ay - pad)),
+                              (int(np.ceil(bx + pad)), int(np.ceil(by + pad))), 1, -1)
             if kind == "text":
                 x0, y0, x1, y1 = (int(round(v)) for v in (max(ax, 0), max(ay, 0), min(bx, w - 1), min(by, h - 1)))
                 if x1 <= x0 or y1 <= y0:
@@ -199,8 +200,8 @@ def main() -> None:
     cv2.setNumThreads(1)
     ref = read_reference()
     print(f"{len(ref)} images, {sum(k == 'plus' for rows in ref.values() for k, _ in rows)} calipers")
-    head = f"{'setting':>9} {'plus':>11} {'arms':>11} {'dots':>11} {'digits':>11} {'text':>9} {'bright':>9} {'fp mean/max':>15} {'stray':>8} {'ms':>6}"
-    print(head)
+    print(f"{'setting':>9} {'plus':>11} {'arms':>11} {'dots':>11} {'digits':>11} {'text':>9} {'bright':>9} "
+          f"{'fp mean/max':>15} {'stray':>8} {'ms':>6}")
     for s in ("stored", "pipeline", "x0.5", "x2"):
         r = evaluate(args.data, ref, s)
 

@@ -64,7 +64,7 @@ def _line(n: int, direction: int) -> np.ndarray:
 
 
 def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
-    """(4, H, W) uint8: per direction, how far a thin, >= ARM px long stroke stands above the tissue beside it.
+    """(4, H, W) uint8: per direction, how far a thin, >= ARM * u px long stroke stands above the tissue beside it.
 
     Thin: a short line across the stroke does not fit inside it (a white top-hat). A
     diagonal stroke must also be thin horizontally and vertically: the stacked, slightly
