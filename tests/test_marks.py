@@ -1,11 +1,14 @@
 """Annotation marks on drawn speckle: found and painted out; tissue left alone."""
 
+import csv
+import os
+
 import cv2
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from thyro.image.marks import suppress_marks
+from thyro.image.marks import mark_mask, suppress_marks
 
 S = 256
 
@@ -80,3 +83,102 @@ def test_pixels_outside_the_field_never_change():
 def test_mismatched_field_mask_is_an_error():
     with pytest.raises(ValueError, match="does not match"):
         suppress_marks(_speckle(), np.ones((10, 10), bool))
+
+
+# --- marks that are not white: a screen resampled (BUSI's 256 px copy) draws its calipers at 180-230 ---
+
+def _bmode(seed=0, size=S, mean=150.0):
+    """Log-compressed speckle, as a scanner displays it: 2.5 grey levels per dB, local sd ~14 (BUSI: 4-18)."""
+    rng = np.random.default_rng(seed)
+    a, b = (gaussian_filter(rng.normal(size=(size, size)), size / S) for _ in range(2))  # grain grows with the image
+    r = np.hypot(a, b)
+    grey = np.clip(mean + 2.5 * 20 * np.log10(r / r.mean() + 1e-6), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _cross(m, cx, cy, arm, shape, width=1):
+    """A caliper as scanners draw it: '+' or 'x', 2 * arm + 1 px across."""
+    if shape == "plus":
+        cv2.line(m, (cx - arm, cy), (cx + arm, cy), 1, width)
+        cv2.line(m, (cx, cy - arm), (cx, cy + arm), 1, width)
+    else:
+        cv2.line(m, (cx - arm, cy - arm), (cx + arm, cy + arm), 1, width)
+        cv2.line(m, (cx - arm, cy + arm), (cx + arm, cy - arm), 1, width)
+
+
+@pytest.mark.parametrize("shape", ["plus", "x"])
+@pytest.mark.parametrize("level", [190, 205, 220])
+def test_grey_caliper_on_bmode_is_found(level, shape):
+    # BUSI's calipers: 9 px across, 1-px strokes, grey 215-229, on tissue whose brightest grains reach ~190
+    img = _bmode(seed=level)
+    m = np.zeros((S, S), np.uint8)
+    for cx, cy in ((60, 60), (128, 128), (200, 90)):
+        _cross(m, cx, cy, 4, shape)
+    img[m > 0] = level
+    assert mark_mask(img)[m > 0].mean() >= 0.95
+
+
+@pytest.mark.parametrize("diameter", [3, 5, 9])
+def test_bright_dot_of_a_calipers_grey_is_left_alone(diameter):
+    # A calcification: as bright as a caliper and no larger, but round; it has no arms.
+    img = _bmode(seed=diameter)
+    m = np.zeros((S, S), np.uint8)
+    for cx, cy in ((60, 60), (128, 128), (200, 90)):
+        cv2.circle(m, (cx, cy), diameter // 2, 1, -1)
+    img[m > 0] = 220
+    near = cv2.dilate(m, np.ones((7, 7), np.uint8)) > 0
+    assert not mark_mask(img)[near].any()
+
+
+def test_caliper_at_twice_the_scale_is_found():
+    # The same screen at 512 px: tissue grain, strokes (2 px) and crosses (17 px) twice as large.
+    img = _bmode(seed=3, size=2 * S)
+    m = np.zeros((2 * S, 2 * S), np.uint8)
+    for cx, cy in ((120, 120), (256, 300), (400, 180)):
+        _cross(m, cx, cy, 8, "plus", width=2)
+    img[m > 0] = 210
+    assert mark_mask(img)[m > 0].mean() >= 0.95
+
+
+def test_dotted_line_between_two_calipers_is_found():
+    img = _bmode(seed=4)
+    m = np.zeros((S, S), np.uint8)
+    _cross(m, 50, 140, 4, "plus")
+    _cross(m, 200, 100, 4, "plus")
+    dots = np.zeros((S, S), np.uint8)
+    for t in np.linspace(0, 1, 40)[3:-3]:  # a 1-px dot every ~4 px, as BUSI's and the phantom's
+        dots[int(round(140 - 40 * t)), int(round(50 + 150 * t))] = 1
+    img[(m | dots) > 0] = 205
+    assert mark_mask(img)[dots > 0].mean() >= 0.9
+
+
+def test_grey_text_line_is_found():
+    img = _bmode(seed=5)
+    m = np.zeros((S, S), np.uint8)
+    cv2.putText(m, "RT AXILLA 12", (40, 180), cv2.FONT_HERSHEY_PLAIN, 0.9, 1, 1)
+    img[m > 0] = 215
+    assert mark_mask(img)[m > 0].mean() >= 0.9
+
+
+BUSI = "/work/shared/data/busi"  # as tests/test_field.py
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "marks_busi_reference.csv")
+
+
+@pytest.mark.skipif(not os.path.isdir(BUSI), reason="BUSI not present")
+@pytest.mark.parametrize("name", ["benign/benign (281).png", "malignant/malignant (114).png",
+                                  "benign/benign (120).png", "malignant/malignant (154).png"])
+def test_busi_calipers_are_found_and_tissue_left_alone(name):
+    # Oracle: the hand-made reference (caliper centres; 120 and 154 have no marks, 154 has
+    # bright microcalcification-like spots).
+    with open(REFERENCE, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["file"] == name]
+    img = cv2.imread(os.path.join(BUSI, name), cv2.IMREAD_COLOR)[..., ::-1].copy()
+    mask = mark_mask(img)
+    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    for r in rows:
+        if r["kind"] in ("plus", "bright"):
+            close = np.hypot(yy - float(r["y0"]), xx - float(r["x0"])) <= 3
+            assert mask[close].any() == (r["kind"] == "plus"), (r["kind"], r["x0"], r["y0"])
+    if not any(r["kind"] == "plus" for r in rows):
+        mask[:12, :12] = False  # BUSI's probe icon
+        assert mask.mean() < 0.001

@@ -2,11 +2,33 @@
 
 Clinicians place calipers (+ and x marks, dotted lines) and measurement text on
 the nodules they worry about, so a model can learn the marks instead of the
-tissue. Marks are drawn, not imaged: crisp 1-3 px strokes at (near) full white,
-or coloured (yellow, green, cyan) where B-mode is grey. Tissue is blurred by the
-imaging system: speckle grains and punctate calcifications, however bright, are
-as wide as the point-spread function, so a 5x5 median keeps most of their
-brightness while it removes a stroke completely.
+tissue. Marks are drawn, not imaged: crisp 1-3 px strokes, white or coloured
+(yellow, green, cyan) where B-mode is grey. Once a screen is resampled (BUSI's
+copy was shrunk to 256 px) a white stroke is no longer white (180-230), so the
+detector does not rely on absolute levels but on shape and local contrast:
+
+- a stroke is thin across and long along one of four directions: a directional
+  white top-hat (what a short line *across* the direction removes) opened by a
+  line *along* it. Tissue is blurred by the imaging system: speckle grains and
+  punctate calcifications, however bright, are as wide as the point-spread
+  function and too short to survive the opening; ultrasound's specular lines
+  are long but horizontal only;
+- a caliper is a *cross*: four short arms (+ or x) from one centre, each ending
+  within a few px. A calcification has no arms, a tissue streak runs on in one
+  direction. Strokes must beat the tissue's own, per direction (its 99th
+  percentile): some scanners smear speckle into short horizontal streaks;
+- a caliper's digit and the rest of its strokes: as bright as its arms, touching them;
+- dotted measuring lines are rows of dots, each like a calcification; they are
+  taken only where they run between two crosses;
+- text: a row of vertical strokes with one cap height, baseline and grey level,
+  plus the glyphs between them;
+- saturated strokes (drawn at full white on the screen's own resolution) and
+  coloured pixels are found as before, by level.
+
+Scale: the px sizes below are for a ~256 px image (1-2 px strokes, crosses 9-17 px
+across) and double from ~384 px on (`scale`); not more, as scanners draw 1-2 px
+strokes at any screen size. Images under 200 px (a screen shrunk so far that a
+stroke is a grey smear) are also searched enlarged twice.
 """
 
 from __future__ import annotations
@@ -14,16 +36,252 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-SATURATED = 235  # grey level; marks are drawn at or near full white
-STRONG_CONTRAST = 110  # grey levels a stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
+SATURATED = 235  # grey level; marks drawn at or near full white
+STRONG_CONTRAST = 110  # grey levels a saturated stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
 WEAK_CONTRAST = 50  # ... where it crosses brighter tissue, if joined to a strong stroke pixel
 CHROMA = 60  # max(R, G, B) - min(R, G, B); B-mode is grey (chroma ~0)
+ARM = 5  # px: the shortest stroke that counts as an arm (a 1-px gap, e.g. a cross's centre, is bridged)
+STROKE_CONTRAST = 20  # grey levels a stroke stands above the tissue beside it (calipers on BUSI: 27-113)...
+TEXTURE = 1.0  # ... or this many times the tissue's local standard deviation, if more (BUSI: 4-18)...
+TISSUE_STROKES = 0.8  # ... and, per direction, this many times the tissue's own stroke response at
+TISSUE_PERCENTILE = 99  # this percentile
+ARM_REACH = 2  # px: each of a cross's four arms is a stroke from 2 to this many px off its centre
+ARM_END = 8  # px: ... and ends within this many px (tissue streaks run on)
+REACH = 2 * ARM  # px: a dotted line's profile starts this far from the crosses it joins
+MAX_CROSSES = 24  # a screen carries a few pairs of calipers, never dozens
+DOTTED = 2.0  # a dotted line between two crosses: mean stroke response on it / beside it
+TEXT_GLYPHS = 3  # vertical strokes on one baseline that make a line of text
+TEXT_INK = 0.5  # most a text line's box its strokes fill
+SMALL = 200  # px: images with a shorter side are also searched enlarged twice
+MAX_SCALE = 2  # px per px at 256: larger screens still draw strokes of 1-2 px
 INPAINT_RADIUS = 3
 
 
-def mark_mask(img: np.ndarray) -> np.ndarray:
-    """Boolean (H, W) mask of annotation marks: crisp near-white strokes and coloured pixels."""
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+def _line(n: int, direction: int) -> np.ndarray:
+    """A 1-px line kernel of length n: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal."""
+    return [np.ones((1, n), np.uint8), np.ones((n, 1), np.uint8), np.eye(n, dtype=np.uint8),
+            np.eye(n, dtype=np.uint8)[::-1].copy()][direction]
+
+
+def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
+    """(4, H, W) uint8: per direction, how far a thin, >= ARM * u px long stroke stands above the tissue beside it.
+
+    Thin: a short line across the stroke does not fit inside it (a white top-hat). A
+    diagonal stroke must also be thin horizontally and vertically: the stacked, slightly
+    oblique streaks of bright tissue near the skin are thin along one diagonal but not
+    across the rows.
+    """
+    tophat = [cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _line(2 * u + 1, d)) for d in range(4)]
+    out = np.empty((4,) + grey.shape, np.uint8)
+    for d, across in enumerate(((1,), (0,), (0, 1, 3), (0, 1, 2))):
+        thin = np.minimum.reduce([tophat[e] for e in across])
+        thin = cv2.morphologyEx(thin, cv2.MORPH_CLOSE, _line(u + 2, d))  # bridge a u px gap (a cross's centre)
+        out[d] = cv2.morphologyEx(thin, cv2.MORPH_OPEN, _line(ARM * u, d))
+    return out
+
+
+def _offsets(steps, dy: int, dx: int) -> np.ndarray:
+    """A kernel for cv2.erode whose minimum runs over the pixels k * (dy, dx) away, k in steps."""
+    c = max(steps)
+    k = np.zeros((2 * c + 1, 2 * c + 1), np.uint8)
+    for s in steps:
+        k[c + s * dy, c + s * dx] = 1
+    return k
+
+
+def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
+    """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
+
+    A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
+    streak has two arms at most, a calcification none, two streaks that touch three.
+    """
+    out = np.zeros(resp.shape[1:], bool)
+    # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
+    for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
+                 ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
+        found = np.ones(resp.shape[1:], bool)
+        for d, (dy, dx) in arms:
+            r = cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
+            # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
+            arm = cv2.erode(r, _offsets(range(2 * u, ARM_REACH * u + 1), dy, dx),
+                            borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on
+            tail = cv2.erode(resp[d], _offsets(range(ARM_REACH * u + 1, ARM_END * u + 1), dy, dx),
+                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            found &= (arm >= t[d]) & (tail < t[d] / 2)
+        out |= found
+    return out
+
+
+def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.ndarray:
+    """Dotted lines: segments between two cross centres much brighter in small spots than their parallels."""
+    out = np.zeros(spots.shape, np.uint8)
+    pts = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)[3][1:]
+    h, w = spots.shape
+    # the line may run a pixel off the straight path between the two centres
+    loose = cv2.dilate(spots, np.ones((3, 3), np.uint8))
+
+    def mean_along(a, b, frac, offset):
+        p = a[None] + frac[:, None] * (b - a)[None] + offset[None]
+        x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
+        y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
+        return float(loose[y, x].mean())
+
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            a, b = pts[i], pts[j]
+            length = float(np.hypot(*(b - a)))
+            if length < 3 * REACH * u:
+                continue
+            frac = np.linspace(0, 1, int(length) + 1)
+            frac = frac[(frac * length > REACH * u) & ((1 - frac) * length > REACH * u)]  # the crosses' arms aside
+            normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
+            on = mean_along(a, b, frac, 0 * normal)
+            # the median of six parallels: a second measuring line or a tissue edge may run beside it
+            beside = max(float(np.median([mean_along(a, b, frac, o * normal) for o in (-7, -5, -3, 3, 5, 7)])), 1.0)
+            if on >= t / 2 and on >= DOTTED * beside:
+                cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
+    return out.astype(bool)
+
+
+def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float, t_vertical: float,
+                u: int = 1) -> np.ndarray:
+    """Burned-in text: a row of >= TEXT_GLYPHS thin vertical strokes of a glyph's height on one baseline.
+
+    Letters have vertical strokes (l, t, 1, E, R...) standing on a common baseline; tissue
+    has thin vertical strokes rarely and never in a row. The line then takes in the
+    glyphs without one (A, X, 2) along its band: small bright spots as bright as its
+    strokes (text is drawn in one colour), less than a glyph's height apart.
+    """
+    v = (resp[1] >= t_vertical).astype(np.uint8)
+    _, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    x, y, w, h = (st[:, i] for i in range(4))
+    keep = np.nonzero((h <= 4 * ARM * u) & (w <= 2 * u + 1))[0]
+    keep = keep[keep > 0]
+    out = np.zeros(grey.shape, bool)
+    if len(keep) < TEXT_GLYPHS:
+        return out
+    keep = keep[np.argsort(x[keep])]
+    parent = list(range(len(keep)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(keep)):
+        for b in range(a + 1, len(keep)):
+            i, j = keep[a], keep[b]
+            if x[j] - x[i] > 2 * max(h[i], h[j]):
+                break
+            # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
+            if abs((y[i] + h[i]) - (y[j] + h[j])) <= u and abs(y[i] - y[j]) <= u:
+                parent[root(b)] = root(a)
+    groups: dict[int, list[int]] = {}
+    for a in range(len(keep)):
+        groups.setdefault(root(a), []).append(keep[a])
+    for g in groups.values():
+        if len(g) < TEXT_GLYPHS:
+            continue
+        g = np.array(g)
+        # Text is drawn in one colour: its strokes peak at one grey level; tissue's do not.
+        peaks = np.array([grey[labels == k].max() for k in g], float)
+        if peaks.max() - peaks.min() > t:
+            continue
+        top, bottom = max(0, int(y[g].min()) - 1), int((y[g] + h[g]).max()) + 2  # descenders aside
+        glyph = int(h[g].max())
+        level = np.median(grey[np.isin(labels, g)])
+        ink = ((spots[top:bottom] >= t) & (grey[top:bottom] >= level - t)).astype(np.uint8)
+        # ... but a line of text is not a band of bright tissue: a few glyphs beyond its strokes at most
+        x0, x1 = int(x[g].min()), int((x[g] + w[g]).max())
+        ink[:, :max(0, x0 - 3 * glyph)] = 0
+        ink[:, x1 + 3 * glyph:] = 0
+        joined = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, glyph + 1), np.uint8))
+        _, parts = cv2.connectedComponents(joined, connectivity=8)
+        seeds = np.unique(parts[:, x0:x1])
+        line = np.isin(parts, seeds[seeds > 0]) & (ink > 0)
+        cols = np.nonzero(line.any(axis=0))[0]
+        # glyphs leave most of their box empty; a bright band of tissue fills it
+        if len(cols) and line.mean() * line.shape[1] / (cols[-1] - cols[0] + 1) <= TEXT_INK:
+            out[top:bottom] |= line
+    return out
+
+
+def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
+    """How far a pixel stands above its size x size opening: dots of a dotted line, strokes, grains alike."""
+    return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((size, size), np.uint8))
+
+
+def _percentile_u8(a: np.ndarray, q: float) -> float:
+    """np.percentile (lower) of uint8 values, by histogram: linear time, whatever the image size."""
+    counts = np.cumsum(np.bincount(a.ravel(), minlength=256))
+    return float(np.searchsorted(counts, q / 100 * (counts[-1] - 1), side="right")) if counts[-1] else 0.0
+
+
+def contrast_threshold(grey: np.ndarray) -> float:
+    """Grey levels a mark must stand out by here: STROKE_CONTRAST, or more on coarse, contrasty texture.
+
+    The tissue's own contrast is the median local standard deviation (9x9): marks are
+    too few to move the median.
+    """
+    g = grey.astype(np.float32)
+    mean = cv2.blur(g, (9, 9))
+    sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
+    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.clip(sd, 0, 255).astype(np.uint8), 50))
+
+
+def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
+    """Per direction, the stroke response a mark's stroke needs: above the tissue's own strokes.
+
+    Tissue makes strokes too, mostly horizontal (specular boundaries, laterally smeared
+    speckle) and as many as a few per cent of pixels on some scanners; marks are far
+    fewer, so the tissue's 99th percentile per direction (inside the field: not black)
+    sets the bar.
+    """
+    base = contrast_threshold(grey)
+    inside = grey > 0
+    if inside.sum() < 100:
+        return np.full(4, base)
+    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r[inside], TISSUE_PERCENTILE)) for r in resp])
+
+
+def scale(shape: tuple[int, int]) -> int:
+    """Kernel scale: 1 up to ~384 px, 2 above (a screen's marks grow with it; BUSI's 256 px is 1)."""
+    return int(min(MAX_SCALE, max(1, round(min(shape) / 256))))
+
+
+def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
+    """Crosses and the strokes joined to them, dotted lines between crosses, and text lines."""
+    u = scale(grey.shape)
+    resp = stroke_response(grey, u)
+    td = stroke_thresholds(grey, resp)
+    t = contrast_threshold(grey)
+    spots = _spot_response(grey, 2 * u + 1)
+    text = _text_lines(grey, resp, spots, t, td[1], u)
+    centres = _crosses(resp, td, u)
+    n = cv2.connectedComponents(centres.astype(np.uint8), connectivity=8)[0] - 1
+    if n == 0 or n > MAX_CROSSES:
+        # More cross-like points than any screen has calipers: the texture makes them here
+        # (fine, contrasty speckle); inpainting them would paint over the tissue.
+        return text
+    stroke = (resp >= td[:, None, None]).any(axis=0)
+    # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
+    # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
+    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
+    level = np.median(grey[arms]) if arms.any() else 0
+    stroke &= grey >= level - t
+    # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
+    _, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
+    touch = np.unique(parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0])
+    near = np.isin(parts, touch[touch > 0]) & (cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * (ARM_END + ARM) * u + 1,) * 2)) > 0)
+    # A letter can look like a cross; measuring lines run between calipers, not letters.
+    dotted = _dotted(spots, centres & ~text, t, u) & (spots >= t / 2)
+    return text | near | centres | dotted
+
+
+def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
+    """Crisp near-white strokes, whatever their shape (text, isolated dots drawn at full white)."""
     contrast = cv2.subtract(grey, cv2.medianBlur(grey, 5))
     bright = grey >= SATURATED
     # Hysteresis: a stroke crossing a bright speckle grain loses contrast there, while a
@@ -34,10 +292,21 @@ def mark_mask(img: np.ndarray) -> np.ndarray:
     seeded = np.zeros(n, bool)
     seeded[labels[bright & (contrast >= STRONG_CONTRAST)]] = True
     seeded[0] = False
-    stroke = seeded[labels]
+    return seeded[labels]
+
+
+def mark_mask(img: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of annotation marks: crosses and their strokes, saturated strokes, coloured pixels."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    found = _drawn_strokes(grey) | _saturated_strokes(grey)
+    if min(h, w) < SMALL:
+        # A small image: a screen shrunk so far that a 1-px stroke is a grey smear; look at it enlarged
+        big = _drawn_strokes(cv2.resize(grey, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC))
+        found |= cv2.resize(big.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
     r, g, b = cv2.split(img)
     chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)) >= CHROMA
-    marks = (stroke | chroma).astype(np.uint8)
+    marks = (found | chroma).astype(np.uint8)
     # Where strokes cross (the centre of a "+") the median is bright too; closing the
     # gap and a one-pixel dilation also take the anti-aliased edges.
     marks = cv2.morphologyEx(marks, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
