@@ -25,7 +25,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import ValidationError
 
-from thyro.config import Config, _format_errors, config_to_dict, yaml_load
+from thyro.config import Config, _format_errors, config_to_dict, config_to_yaml, yaml_load
 from thyro.data import storage
 from thyro.model.weights import imagenet_folder
 
@@ -84,6 +84,8 @@ JOB_SECTIONS: dict[str, tuple[str, ...] | None] = {
                  "score.cpus_per_task", "score.task_memory_mib"),
     "score": ("score", "cam.target", "cam.layer", "cam.region_threshold", "storage", "ray.address"),
 }
+# Jobs whose driver copies the ImageNet files into <out>/weights/ (thyro.model.weights.resolve_weights).
+COPIES_WEIGHTS = ("experiment", "tune")
 OUT_FLAG = {"experiment": "--out", "tune": "--out", "pretrain": "--out", "score": "--output"}
 
 
@@ -169,30 +171,46 @@ def saved_config(out: str, job: str) -> tuple[dict, str] | None:
     return None
 
 
+def run_config(cfg: Config, out: str, job: str) -> Config:
+    """The config `job` runs with in output folder `out`: where its driver copies torchvision's
+    files (`model.weights: imagenet`, thyro.distributed.common.job_setup), it names that folder."""
+    if job in COPIES_WEIGHTS and cfg.model.weights == "imagenet":
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.weights = imagenet_folder(out)
+    return cfg
+
+
 def check_resume(cfg: Config, out: str, job: str, log: Callable[[str], None] = print) -> bool:
-    """Before `job` writes to output folder `out` or starts Ray: raise `ResumeConfigError` when the
-    folder's saved config differs from `cfg` in a key that can change results; log the operational
-    keys that differ. Returns whether `out` holds a config.yaml (the caller then leaves it as it is)."""
+    """Raise `ResumeConfigError` when the config saved in output folder `out` differs from `cfg`
+    in a key that can change `job`'s results; log the operational keys that differ. Returns whether
+    `out` holds a config (a resume)."""
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)  # `out` may be s3://, and Ray is not up
     out = storage.absolute(out)
     found = saved_config(out, job)
     if found is None:
         return False
     saved, uri = found
-    new = config_to_dict(cfg)
-    if new["model"]["weights"] == "imagenet" and saved["model"]["weights"] == imagenet_folder(out):
-        # the saved config names the folder this run's driver will resolve "imagenet" to (resolve_weights)
-        new["model"]["weights"] = saved["model"]["weights"]
-    changes = config_changes(saved, new)
+    changes = config_changes(saved, config_to_dict(run_config(cfg, out, job)))
     relevant = [c for c in changes if changes_results(c.key, job)]
     if relevant:
+        original = f"--config {uri}" if uri.endswith(CONFIG_FILE) else f"the \"config\" of {uri} as --config"
         raise ResumeConfigError(
             f"{out} holds results made with another config ({uri}); resuming there would mix them with "
             f"results of this one, which differs in: {'; '.join(map(str, relevant))}. To resume, run again with "
-            f"the original settings (--config {storage.join(out, CONFIG_FILE)}); to run this config, choose a "
-            f"new {OUT_FLAG[job]}")
+            f"the original settings ({original}); to run this config, choose a new {OUT_FLAG[job]}")
     operational = [c for c in changes if c.key in OPERATIONAL and read_by(c.key, job)]
     if operational:
         log(f"resuming in {out} with operational settings that differ from {uri} (they do not change "
             f"results; the saved config keeps those the run started with): {'; '.join(map(str, operational))}")
-    return uri.endswith(CONFIG_FILE)
+    return True
+
+
+def prepare_output(cfg: Config, out: str, job: str, log: Callable[[str], None] = print) -> bool:
+    """What `job` does first, before it writes anything else or starts Ray: `check_resume`, then,
+    in a folder that has none, save `<out>/config.yaml` (once: a resume leaves it as it is).
+    Returns whether `out` held a saved config (a resume)."""
+    resumed = check_resume(cfg, out, job, log)
+    uri = storage.join(storage.absolute(out), CONFIG_FILE)
+    if not storage.exists(uri):
+        storage.write_bytes(uri, config_to_yaml(run_config(cfg, out, job)).encode())
+    return resumed

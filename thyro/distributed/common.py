@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from thyro.config import Config, config_to_yaml
+from thyro.config import Config
 from thyro.data import storage
 
 
@@ -47,10 +47,9 @@ class JobPaths:
     fs_path: str       # storage_path without its scheme
 
 
-def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[str] | None = None,
-              save_config: bool = True) -> JobPaths:
-    """What every Ray job does first (after `thyro.resume_guard.check_resume`): fetch weights once,
-    save the config (`save_config`: a new output folder's), connect, resolve the output, write the inputs once.
+def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[str] | None = None) -> JobPaths:
+    """What every Ray job does first (after `thyro.resume_guard.prepare_output`): fetch weights once,
+    connect, resolve the output, write the inputs once.
     `models`: the architectures whose weights the job needs (None: model.name and experiment.models)."""
     from thyro.data.inputs import prepare_inputs
     from thyro.model.weights import resolve_weights
@@ -59,8 +58,6 @@ def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[st
     resolve_weights(cfg, storage.absolute(out), models=models)  # before Ray: a missing file fails here, not in a worker
     if cfg.model.weights != before:
         log(f"weights: torchvision's ImageNet files, read by the workers from {cfg.model.weights}")
-    if save_config:  # before the inputs: a folder that holds any of them says which config made them
-        storage.write_bytes(storage.join(storage.absolute(out), "config.yaml"), config_to_yaml(cfg).encode())
     init_ray(cfg)
     out = storage.absolute(out)
     m_uri, s_uri = prepare_inputs(cfg, out, log)

@@ -32,7 +32,7 @@ from thyro.data.inputs import read_parquet, write_parquet
 from thyro.distributed.common import (elastic_threads, job_setup, make_trainer, node_cpus_free, own_threads,
                                       trial_setup, worker_setup)
 from thyro.model import checkpoint
-from thyro.resume_guard import check_resume
+from thyro.resume_guard import prepare_output
 from thyro.stats.metrics import METRIC_NAMES
 
 EXPERIMENT_NAME = "experiment"
@@ -187,7 +187,7 @@ def _trial_errors(grid) -> dict[tuple[str, int], str]:
 
 def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) -> ExperimentResult:
     # Before Ray and before any write: Tune would restore the grid with the config it started with.
-    resuming = check_resume(cfg, out, "experiment", log)
+    prepare_output(cfg, out, "experiment", log)
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -195,7 +195,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     from thyro.stats.summary import collect_trials, mark_failed, summarize
 
     t0 = time.perf_counter()
-    job = job_setup(cfg, out, log, save_config=not resuming)
+    job = job_setup(cfg, out, log)
     out, fs = job.out, job.fs
     state = storage.join(job.fs_path, EXPERIMENT_NAME)
     splits = cfg.experiment.splits if cfg.experiment.splits is not None else list(range(cfg.split.n_repeats))

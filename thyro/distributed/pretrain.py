@@ -35,9 +35,9 @@ from typing import Callable
 
 import numpy as np
 
-from thyro.config import Config, config_to_dict, config_to_yaml
+from thyro.config import Config, config_to_dict
 from thyro.data import storage
-from thyro.resume_guard import check_resume
+from thyro.resume_guard import prepare_output
 
 RUN_NAME = "pretrain"
 INDEX_DIR = "index"
@@ -371,7 +371,7 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
     """Pretrain `cfg.pretrain.backbone` on every image under `input_uri` (anything the score job
     reads); writes to `out` (local or URI) and resumes there when run again, with the same config."""
     # Before Ray and before any write: the checkpoint and the scan were made under the saved config.
-    resuming = check_resume(cfg, out, "pretrain", log)
+    prepare_output(cfg, out, "pretrain", log)
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -382,10 +382,8 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
 
     t0 = time.perf_counter()
     p, r = cfg.pretrain, cfg.ray
-    out, input_uri = storage.absolute(out), storage.absolute(input_uri)
-    if not resuming:
-        storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
     init_ray(cfg)
+    out, input_uri = storage.absolute(out), storage.absolute(input_uri)
     log(f"pretrain: {p.method} {p.backbone} on {input_uri} -> {out}")
     counts, index = _scan(cfg, input_uri, out, log)
     per_epoch = steps_per_epoch(counts.images, p.batch_size, r.num_workers)

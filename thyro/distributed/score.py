@@ -31,14 +31,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from thyro.config import Config, config_to_dict, config_to_yaml
+from thyro.config import Config, config_to_dict
 from thyro.data import storage
 from thyro.model.batch_scorer import BatchScorer, FusedScorer
 from thyro.model.score_output import (PRED_DIR, file_ids, parquet_files, read_rows, scored_keys, status_counts,
                                       summarised_ids, write_file_rows)
 from thyro.model.score_plan import decode_on_actor, pool_plan
 from thyro.model.score_stages import finish_rows, prepare_block
-from thyro.resume_guard import check_resume
+from thyro.resume_guard import prepare_output
 
 
 @dataclass
@@ -61,7 +61,7 @@ class _RayFusedScorer(FusedScorer):
 def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callable[[str], None] = print) -> ScoreResult:
     # Before Ray and before any write: the rows already in `output` are skipped, so they must have
     # been made with the same score settings (row ids, frames, overlays, CAM).
-    resuming = check_resume(cfg, output, "score", log)
+    prepare_output(cfg, output, "score", log)
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -76,8 +76,6 @@ def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callabl
     s = cfg.score
     if s.redact_paths and not s.path_map_uri:  # the config refuses this too; checked before any Ray work
         raise ValueError("score.redact_paths is on but score.path_map_uri is not set")
-    if not resuming:  # the config as given; run_manifest.json gets the resolved pool
-        storage.write_bytes(storage.join(storage.absolute(output), "config.yaml"), config_to_yaml(cfg).encode())
     init_ray(cfg)
     res = ray.cluster_resources()
     plan = pool_plan(s, res.get("CPU", 0), res.get("GPU", 0), os.cpu_count())

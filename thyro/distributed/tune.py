@@ -22,7 +22,7 @@ from thyro.config import Config, config_to_dict, load_config
 from thyro.data import storage
 from thyro.data.inputs import read_parquet
 from thyro.distributed.common import job_setup, make_trainer, trial_setup, worker_setup
-from thyro.resume_guard import check_resume
+from thyro.resume_guard import prepare_output
 
 METRIC = "val_auc"
 
@@ -92,7 +92,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
                          "and split.dev_fraction is 0: set it (e.g. --set split.dev_fraction=0.2)")
     # The manifest and split table in `out` are reused, and tune_results.csv / best.yaml there
     # stand until this run ends: both must come from the config the folder names.
-    resuming = check_resume(cfg, out, "tune", log)
+    prepare_output(cfg, out, "tune", log)
     import ray.tune
     from ray.tune import RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import ASHAScheduler
@@ -100,7 +100,7 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     from thyro.stats.validation import inner_folds
 
     t0 = time.perf_counter()
-    job = job_setup(cfg, out, log, models=[cfg.model.name], save_config=not resuming)  # one architecture
+    job = job_setup(cfg, out, log, models=[cfg.model.name])  # the search trains one architecture
     out = job.out
     t = cfg.tune
     # Fails here, before any trial, if the development set cannot be split.
