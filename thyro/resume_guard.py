@@ -4,9 +4,10 @@
 same output folder stopped: Tune restores its grid (with the config it started with),
 pretraining restores its checkpoint, the manifest and split table are reused, scored
 rows are skipped. Run again with a changed config, such a job would mix results made
-under two configs while the folder's `config.yaml` names only one. `check_resume`
-compares the folder's saved config with the new one before any job writes or starts
-Ray, and refuses a change that can alter results.
+under two configs while the folder's `config.yaml` names only one. Each job first calls
+`prepare_output`, before it writes anything or imports Ray: `check_resume` compares the
+folder's saved config with the new one and refuses a change that can alter results,
+then a new folder gets its `config.yaml`.
 
 Keys that only say where and how the work runs (`OPERATIONAL`) may change on a resume.
 So may every section a job never reads (`JOB_SECTIONS`). Everything else counts, also
