@@ -52,7 +52,8 @@ class JobPaths:
 
 
 def job_setup(cfg: Config, out: str, log: Callable[[str], None], models: list[str] | None = None) -> JobPaths:
-    """What every Ray job does first: fetch weights once, connect, resolve the output, write the inputs once.
+    """What every Ray job does first (after `thyro.resume_guard.prepare_output`): fetch weights once,
+    connect, resolve the output, write the inputs once.
     `models`: the architectures whose weights the job needs (None: model.name and experiment.models)."""
     from thyro.data.inputs import prepare_inputs
     from thyro.model.weights import resolve_weights

@@ -26,12 +26,13 @@ from typing import Callable
 
 import pandas as pd
 
-from thyro.config import Config, config_to_dict, config_to_yaml
+from thyro.config import Config, config_to_dict
 from thyro.data import storage
 from thyro.data.inputs import read_parquet, write_parquet
 from thyro.distributed.common import (elastic_threads, job_setup, make_trainer, node_cpus_free, own_threads,
                                       trial_setup, worker_setup)
 from thyro.model import checkpoint
+from thyro.resume_guard import prepare_output
 from thyro.stats.metrics import METRIC_NAMES
 
 EXPERIMENT_NAME = "experiment"
@@ -185,6 +186,8 @@ def _trial_errors(grid) -> dict[tuple[str, int], str]:
 
 
 def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) -> ExperimentResult:
+    # Before Ray and before any write: Tune would restore the grid with the config it started with.
+    prepare_output(cfg, out, "experiment", log)
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -195,7 +198,6 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     job = job_setup(cfg, out, log)
     out, fs = job.out, job.fs
     state = storage.join(job.fs_path, EXPERIMENT_NAME)
-    storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
     splits = cfg.experiment.splits if cfg.experiment.splits is not None else list(range(cfg.split.n_repeats))
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:

@@ -35,8 +35,9 @@ from typing import Callable
 
 import numpy as np
 
-from thyro.config import Config, config_to_dict, config_to_yaml
+from thyro.config import Config, config_to_dict
 from thyro.data import storage
+from thyro.resume_guard import prepare_output
 
 RUN_NAME = "pretrain"
 INDEX_DIR = "index"
@@ -368,7 +369,9 @@ class PretrainResult:
 
 def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], None] = print) -> PretrainResult:
     """Pretrain `cfg.pretrain.backbone` on every image under `input_uri` (anything the score job
-    reads); writes to `out` (local or URI) and resumes there when run again."""
+    reads); writes to `out` (local or URI) and resumes there when run again, with the same config."""
+    # Before Ray and before any write: the checkpoint and the scan were made under the saved config.
+    prepare_output(cfg, out, "pretrain", log)
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -381,7 +384,6 @@ def run_pretrain(cfg: Config, input_uri: str, out: str, log: Callable[[str], Non
     p, r = cfg.pretrain, cfg.ray
     init_ray(cfg)
     out, input_uri = storage.absolute(out), storage.absolute(input_uri)
-    storage.write_bytes(storage.join(out, "config.yaml"), config_to_yaml(cfg).encode())
     log(f"pretrain: {p.method} {p.backbone} on {input_uri} -> {out}")
     counts, index = _scan(cfg, input_uri, out, log)
     per_epoch = steps_per_epoch(counts.images, p.batch_size, r.num_workers)

@@ -38,6 +38,7 @@ from thyro.model.score_output import (PRED_DIR, file_ids, parquet_files, read_ro
                                       summarised_ids, write_file_rows)
 from thyro.model.score_plan import decode_on_actor, pool_plan
 from thyro.model.score_stages import finish_rows, prepare_block
+from thyro.resume_guard import prepare_output
 
 
 @dataclass
@@ -58,6 +59,9 @@ class _RayFusedScorer(FusedScorer):
 
 
 def run_score(cfg: Config, model: str, input_uri: str, output: str, log: Callable[[str], None] = print) -> ScoreResult:
+    # Before Ray and before any write: the rows already in `output` are skipped, so they must have
+    # been made with the same score settings (row ids, frames, overlays, CAM).
+    prepare_output(cfg, output, "score", log)
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy

@@ -22,6 +22,7 @@ from thyro.config import Config, config_to_dict, load_config
 from thyro.data import storage
 from thyro.data.inputs import read_parquet
 from thyro.distributed.common import job_setup, make_trainer, trial_setup, worker_setup
+from thyro.resume_guard import prepare_output
 
 METRIC = "val_auc"
 
@@ -89,6 +90,9 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     if cfg.split.dev_fraction == 0:
         raise ValueError("thyro tune searches only on a development set of patients that no test split holds, "
                          "and split.dev_fraction is 0: set it (e.g. --set split.dev_fraction=0.2)")
+    # The manifest and split table in `out` are reused, and tune_results.csv / best.yaml there
+    # stand until this run ends: both must come from the config the folder names.
+    prepare_output(cfg, out, "tune", log)
     import ray.tune
     from ray.tune import RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import ASHAScheduler

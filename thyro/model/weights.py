@@ -247,6 +247,11 @@ def is_imagenet(weights: str | None) -> bool:
     return bool(weights) and (weights == "imagenet" or (is_folder(weights) and pretrained_file(weights) is None))
 
 
+def imagenet_folder(out: str) -> str:
+    """Where a job's driver copies torchvision's files for output folder `out`."""
+    return storage.join(storage.absolute(out), "weights") + "/"
+
+
 def resolve_weights(cfg, out: str, models: Iterable[str] | None = None):
     """On a job's driver, before Ray: make "imagenet" a folder the workers read.
 
@@ -261,7 +266,7 @@ def resolve_weights(cfg, out: str, models: Iterable[str] | None = None):
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)  # runs before init_ray does it
     names = list(dict.fromkeys(models if models is not None else [cfg.model.name, *cfg.experiment.models]))
     paths = {n: imagenet_path(n, cfg.model.offline) for n in names}  # before any copy: a missing file fails first
-    folder = storage.join(storage.absolute(out), "weights") + "/"
+    folder = imagenet_folder(out)
     for name, path in paths.items():
         dest = storage.join(folder, os.path.basename(path))
         data = read_verified(path)
