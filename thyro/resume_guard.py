@@ -28,7 +28,6 @@ from pydantic import ValidationError
 
 from thyro.config import Config, _format_errors, config_to_dict, config_to_yaml, yaml_load
 from thyro.data import storage
-from thyro.model.weights import imagenet_folder
 
 CONFIG_FILE = "config.yaml"
 # The score job wrote its config only into its manifest, at its end, before config.yaml.
@@ -176,6 +175,8 @@ def run_config(cfg: Config, out: str, job: str) -> Config:
     """The config `job` runs with in output folder `out`: where its driver copies torchvision's
     files (`model.weights: imagenet`, thyro.distributed.common.job_setup), it names that folder."""
     if job in COPIES_WEIGHTS and cfg.model.weights == "imagenet":
+        from thyro.model.weights import imagenet_folder  # loads torch: not on the score driver's path
+
         cfg = cfg.model_copy(deep=True)
         cfg.model.weights = imagenet_folder(out)
     return cfg
