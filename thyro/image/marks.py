@@ -80,13 +80,14 @@ def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
     return out
 
 
-def _offsets(steps, dy: int, dx: int) -> np.ndarray:
-    """A kernel for cv2.erode whose minimum runs over the pixels k * (dy, dx) away, k in steps."""
-    c = max(steps)
-    k = np.zeros((2 * c + 1, 2 * c + 1), np.uint8)
-    for s in steps:
-        k[c + s * dy, c + s * dx] = 1
-    return k
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """out[y, x] = a[y + dy, x + dx], zero (False) where that falls outside `a`."""
+    h, w = a.shape
+    out = np.zeros_like(a)
+    if abs(dy) < h and abs(dx) < w:
+        out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+            a[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+    return out
 
 
 def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
@@ -95,21 +96,30 @@ def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
     streak has two arms at most, a calcification none, two streaks that touch three.
     """
-    out = np.zeros(resp.shape[1:], bool)
+    h, w = resp.shape[1:]
+    out = np.zeros((h, w), bool)
+    # a centre off by one across the arm; both arms of a direction share it
+    strong = [cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d])) >= t[d] for d in range(4)]
     # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
     for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
                  ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
-        found = np.ones(resp.shape[1:], bool)
+        # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
+        found = np.ones((h, w), bool)
         for d, (dy, dx) in arms:
-            r = cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
-            # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
-            arm = cv2.erode(r, _offsets(range(2 * u, ARM_REACH * u + 1), dy, dx),
-                            borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on
-            tail = cv2.erode(resp[d], _offsets(range(ARM_REACH * u + 1, ARM_END * u + 1), dy, dx),
-                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            found &= (arm >= t[d]) & (tail < t[d] / 2)
-        out |= found
+            for s in range(2 * u, ARM_REACH * u + 1):
+                found &= _shift(strong[d], s * dy, s * dx)
+        ys, xs = np.nonzero(found)
+        # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on.
+        # Few pixels have all four arms, so the tails are read there only; off the image counts 0.
+        for d, (dy, dx) in arms:
+            steps = np.arange(ARM_REACH * u + 1, ARM_END * u + 1)[:, None]
+            y, x = ys[None] + steps * dy, xs[None] + steps * dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            tail = np.where(inside, resp[d][np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)], 0).min(axis=0,
+                                                                                              initial=255)
+            ok = tail < t[d] / 2
+            ys, xs = ys[ok], xs[ok]
+        out[ys, xs] = True
     return out
 
 
@@ -137,9 +147,11 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.
             frac = frac[(frac * length > REACH * u) & ((1 - frac) * length > REACH * u)]  # the crosses' arms aside
             normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
             on = mean_along(a, b, frac, 0 * normal)
+            if on < t / 2:  # too faint whatever lies beside it
+                continue
             # the median of six parallels: a second measuring line or a tissue edge may run beside it
             beside = max(float(np.median([mean_along(a, b, frac, o * normal) for o in (-7, -5, -3, 3, 5, 7)])), 1.0)
-            if on >= t / 2 and on >= DOTTED * beside:
+            if on >= DOTTED * beside:
                 cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
     return out.astype(bool)
 
