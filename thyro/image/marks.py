@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 SATURATED = 235  # grey level; marks drawn at or near full white
 STRONG_CONTRAST = 110  # grey levels a saturated stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
@@ -174,35 +176,37 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     if len(keep) < TEXT_GLYPHS:
         return out
     keep = keep[np.argsort(x[keep])]
-    parent = list(range(len(keep)))
-
-    def root(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for a in range(len(keep)):
-        for b in range(a + 1, len(keep)):
-            i, j = keep[a], keep[b]
-            if x[j] - x[i] > 2 * max(h[i], h[j]):
-                break
-            # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
-            if abs((y[i] + h[i]) - (y[j] + h[j])) <= u and abs(y[i] - y[j]) <= u:
-                parent[root(b)] = root(a)
-    groups: dict[int, list[int]] = {}
-    for a in range(len(keep)):
-        groups.setdefault(root(a), []).append(keep[a])
-    for g in groups.values():
-        if len(g) < TEXT_GLYPHS:
-            continue
-        g = np.array(g)
+    xs, ys, hs = x[keep], y[keep], h[keep]
+    # Neighbours in x order: from each stroke, the next ones until the first farther than
+    # twice the taller one's height; walked one step for all strokes at once (noisy
+    # images have many thousands of them).
+    pairs = []
+    active, step = np.arange(len(keep) - 1), 1
+    while len(active):
+        other = active + step
+        active = active[xs[other] - xs[active] <= 2 * np.maximum(hs[active], hs[other])]
+        other = active + step
+        # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
+        same = (np.abs((ys[active] + hs[active]) - (ys[other] + hs[other])) <= u) & \
+            (np.abs(ys[active] - ys[other]) <= u)
+        pairs.append((active[same], other[same]))
+        step += 1
+        active = active[active + step < len(keep)]
+    a, b = (np.concatenate(v) for v in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
+    graph = coo_matrix((np.ones(len(a), np.uint8), (a, b)), shape=(len(keep),) * 2)
+    group_of = connected_components(graph, directed=False)[1]
+    for root in np.nonzero(np.bincount(group_of) >= TEXT_GLYPHS)[0]:
+        g = keep[group_of == root]
+        # each stroke's own pixels, read in its box only
+        pixels = [grey[y[k]:y[k] + h[k], x[k]:x[k] + w[k]][labels[y[k]:y[k] + h[k], x[k]:x[k] + w[k]] == k]
+                  for k in g]
         # Text is drawn in one colour: its strokes peak at one grey level; tissue's do not.
-        peaks = np.array([grey[labels == k].max() for k in g], float)
+        peaks = np.array([p.max() for p in pixels], float)
         if peaks.max() - peaks.min() > t:
             continue
         top, bottom = max(0, int(y[g].min()) - 1), int((y[g] + h[g]).max()) + 2  # descenders aside
         glyph = int(h[g].max())
-        level = np.median(grey[np.isin(labels, g)])
+        level = np.median(np.concatenate(pixels))
         ink = ((spots[top:bottom] >= t) & (grey[top:bottom] >= level - t)).astype(np.uint8)
         # ... but a line of text is not a band of bright tissue: a few glyphs beyond its strokes at most
         x0, x1 = int(x[g].min()), int((x[g] + w[g]).max())
@@ -224,9 +228,16 @@ def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
     return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((size, size), np.uint8))
 
 
-def _percentile_u8(a: np.ndarray, q: float) -> float:
-    """np.percentile (lower) of uint8 values, by histogram: linear time, whatever the image size."""
-    counts = np.cumsum(np.bincount(a.ravel(), minlength=256))
+def _histogram_u8(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Counts of each uint8 value (where `mask`): cv2.calcHist, without gathering the pixels first."""
+    if a.size >= 1 << 24:  # calcHist counts in float32: exact below 2**24 only
+        return np.bincount((a if mask is None else a[mask.astype(bool)]).ravel(), minlength=256)
+    return cv2.calcHist([a], [0], mask, [256], [0, 256]).ravel().astype(np.int64)
+
+
+def _percentile_u8(a: np.ndarray, q: float, mask: np.ndarray | None = None) -> float:
+    """np.percentile (lower) of uint8 values (where `mask`), by histogram: linear time, whatever the image size."""
+    counts = np.cumsum(_histogram_u8(a, mask))
     return float(np.searchsorted(counts, q / 100 * (counts[-1] - 1), side="right")) if counts[-1] else 0.0
 
 
@@ -238,23 +249,26 @@ def contrast_threshold(grey: np.ndarray) -> float:
     """
     g = grey.astype(np.float32)
     mean = cv2.blur(g, (9, 9))
-    sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
-    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.clip(sd, 0, 255).astype(np.uint8), 50))
+    var = cv2.blur(g * g, (9, 9))
+    mean *= mean
+    var -= mean
+    sd = np.sqrt(np.maximum(var, 0, out=var), out=var)
+    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.minimum(sd, 255, out=sd).astype(np.uint8), 50))
 
 
-def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
+def stroke_thresholds(grey: np.ndarray, resp: np.ndarray, base: float | None = None) -> np.ndarray:
     """Per direction, the stroke response a mark's stroke needs: above the tissue's own strokes.
 
     Tissue makes strokes too, mostly horizontal (specular boundaries, laterally smeared
     speckle) and as many as a few per cent of pixels on some scanners; marks are far
     fewer, so the tissue's 99th percentile per direction (inside the field: not black)
-    sets the bar.
+    sets the bar. `base`: contrast_threshold(grey), if known.
     """
-    base = contrast_threshold(grey)
-    inside = grey > 0
-    if inside.sum() < 100:
+    base = contrast_threshold(grey) if base is None else base
+    inside = cv2.compare(grey, 0, cv2.CMP_GT)
+    if cv2.countNonZero(inside) < 100:
         return np.full(4, base)
-    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r[inside], TISSUE_PERCENTILE)) for r in resp])
+    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r, TISSUE_PERCENTILE, inside)) for r in resp])
 
 
 def scale(shape: tuple[int, int]) -> int:
@@ -266,12 +280,14 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     """Crosses and the strokes joined to them, dotted lines between crosses, and text lines."""
     u = scale(grey.shape)
     resp = stroke_response(grey, u)
-    td = stroke_thresholds(grey, resp)
     t = contrast_threshold(grey)
+    td = stroke_thresholds(grey, resp, t)
     spots = _spot_response(grey, 2 * u + 1)
     text = _text_lines(grey, resp, spots, t, td[1], u)
     centres = _crosses(resp, td, u)
-    n = cv2.connectedComponents(centres.astype(np.uint8), connectivity=8)[0] - 1
+    cu8 = centres.astype(np.uint8)
+    n, _, boxes, _ = cv2.connectedComponentsWithStats(cu8, connectivity=8)
+    n -= 1
     if n == 0 or n > MAX_CROSSES:
         # More cross-like points than any screen has calipers: the texture makes them here
         # (fine, contrasty speckle); inpainting them would paint over the tissue.
@@ -279,14 +295,22 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     stroke = (resp >= td[:, None, None]).any(axis=0)
     # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
     # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
-    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
+    arms = stroke & (cv2.dilate(cu8, np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
     level = np.median(grey[arms]) if arms.any() else 0
     stroke &= grey >= level - t
     # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
-    _, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
-    touch = np.unique(parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0])
-    near = np.isin(parts, touch[touch > 0]) & (cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(
-        cv2.MORPH_ELLIPSE, (2 * (ARM_END + ARM) * u + 1,) * 2)) > 0)
+    count, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
+    touch = np.zeros(count, bool)
+    touch[parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0]] = True
+    touch[0] = False
+    # ... within reach of a cross: read in each cross's box plus the reach (the dilation
+    # there is the whole image's, and zero beyond every box)
+    r = (ARM_END + ARM) * u
+    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+    near = np.zeros(grey.shape, bool)
+    for bx, by, bw, bh, _ in boxes[1:]:
+        y0, y1, x0, x1 = max(0, by - r), by + bh + r, max(0, bx - r), bx + bw + r
+        near[y0:y1, x0:x1] |= touch[parts[y0:y1, x0:x1]] & (cv2.dilate(cu8[y0:y1, x0:x1], reach) > 0)
     # A letter can look like a cross; measuring lines run between calipers, not letters.
     dotted = _dotted(spots, centres & ~text, t, u) & (spots >= t / 2)
     return text | near | centres | dotted
@@ -294,8 +318,17 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
 
 def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
     """Crisp near-white strokes, whatever their shape (text, isolated dots drawn at full white)."""
-    contrast = cv2.subtract(grey, cv2.medianBlur(grey, 5))
-    bright = grey >= SATURATED
+    out = np.zeros(grey.shape, bool)
+    ys, xs = np.nonzero(grey >= SATURATED)
+    if not len(ys):
+        return out
+    # Only the bright pixels' box matters; 2 px more gives their 5x5 median the same
+    # neighbours it has in the whole image (medianBlur replicates the border: so does the box's).
+    h, w = grey.shape
+    y0, y1, x0, x1 = max(0, ys.min() - 2), min(h, ys.max() + 3), max(0, xs.min() - 2), min(w, xs.max() + 3)
+    box = grey[y0:y1, x0:x1]
+    contrast = cv2.subtract(box, cv2.medianBlur(box, 5))
+    bright = box >= SATURATED
     # Hysteresis: a stroke crossing a bright speckle grain loses contrast there, while a
     # saturated grain alone rarely reaches the strong level; keep weak stroke pixels only
     # when they touch a strong one.
@@ -304,7 +337,8 @@ def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
     seeded = np.zeros(n, bool)
     seeded[labels[bright & (contrast >= STRONG_CONTRAST)]] = True
     seeded[0] = False
-    return seeded[labels]
+    out[y0:y1, x0:x1] = seeded[labels]
+    return out
 
 
 def mark_mask(img: np.ndarray) -> np.ndarray:
