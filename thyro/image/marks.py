@@ -125,20 +125,48 @@ def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     return out
 
 
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats(mask, connectivity=8) of a sparse uint8 mask; row 0 (background) left zero.
+
+    OpenCV also accumulates statistics over every background pixel: most of its cost on
+    a sparse mask. The labels are connectedComponents' (the same algorithm); boxes, areas
+    and centroids (integer coordinate sums divided once by the area) come out the same.
+    """
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    stats, centroids = np.zeros((n, 5), np.int32), np.zeros((n, 2))
+    pts = cv2.findNonZero(mask)
+    if pts is None:
+        return n, labels, stats, centroids
+    xs, ys = pts.reshape(-1, 2).T
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n)
+    for i, c in enumerate((xs, ys)):
+        lo, hi = np.full(n, np.iinfo(np.int32).max, np.int32), np.zeros(n, np.int32)
+        np.minimum.at(lo, lab, c)
+        np.maximum.at(hi, lab, c)
+        stats[1:, i], stats[1:, 2 + i] = lo[1:], (hi - lo + 1)[1:]
+        centroids[1:, i] = np.bincount(lab, weights=c.astype(np.int64), minlength=n)[1:] / area[1:]
+    stats[:, cv2.CC_STAT_AREA] = area
+    stats[0] = 0
+    return n, labels, stats, centroids
+
+
 def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.ndarray:
     """Dotted lines: segments between two cross centres much brighter in small spots than their parallels."""
     out = np.zeros(spots.shape, np.uint8)
-    pts = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)[3][1:]
+    pts = _components(centres.astype(np.uint8))[3][1:]
     h, w = spots.shape
     # the line may run a pixel off the straight path between the two centres
     loose = cv2.dilate(spots, np.ones((3, 3), np.uint8))
 
-    def mean_along(a, b, frac, offset):
-        p = a[None] + frac[:, None] * (b - a)[None] + offset[None]
-        x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
-        y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
-        return float(loose[y, x].mean())
+    def mean_along(a, b, frac, offsets):
+        """Mean of `loose` along the segment a-b moved by each of `offsets` (k, 2): (k,) floats."""
+        p = a[None, None] + frac[None, :, None] * (b - a)[None, None] + offsets[:, None, :]
+        x = np.clip(np.round(p[..., 0]).astype(int), 0, w - 1)
+        y = np.clip(np.round(p[..., 1]).astype(int), 0, h - 1)
+        return loose[y, x].mean(axis=1)
 
+    parallels = np.array([-7, -5, -3, 3, 5, 7])[:, None]
     for i in range(len(pts)):
         for j in range(i + 1, len(pts)):
             a, b = pts[i], pts[j]
@@ -148,11 +176,11 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.
             frac = np.linspace(0, 1, int(length) + 1)
             frac = frac[(frac * length > REACH * u) & ((1 - frac) * length > REACH * u)]  # the crosses' arms aside
             normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
-            on = mean_along(a, b, frac, 0 * normal)
+            on = float(mean_along(a, b, frac, 0 * normal[None])[0])
             if on < t / 2:  # too faint whatever lies beside it
                 continue
             # the median of six parallels: a second measuring line or a tissue edge may run beside it
-            beside = max(float(np.median([mean_along(a, b, frac, o * normal) for o in (-7, -5, -3, 3, 5, 7)])), 1.0)
+            beside = max(float(np.median(mean_along(a, b, frac, parallels * normal[None]))), 1.0)
             if on >= DOTTED * beside:
                 cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
     return out.astype(bool)
@@ -168,7 +196,7 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     strokes (text is drawn in one colour), less than a glyph's height apart.
     """
     v = (resp[1] >= t_vertical).astype(np.uint8)
-    _, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    _, labels, st, _ = _components(v)
     x, y, w, h = (st[:, i] for i in range(4))
     keep = np.nonzero((h <= 4 * ARM * u) & (w <= 2 * u + 1))[0]
     keep = keep[keep > 0]
@@ -286,7 +314,7 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     text = _text_lines(grey, resp, spots, t, td[1], u)
     centres = _crosses(resp, td, u)
     cu8 = centres.astype(np.uint8)
-    n, _, boxes, _ = cv2.connectedComponentsWithStats(cu8, connectivity=8)
+    n, _, boxes, _ = _components(cu8)
     n -= 1
     if n == 0 or n > MAX_CROSSES:
         # More cross-like points than any screen has calipers: the texture makes them here
