@@ -82,16 +82,6 @@ def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
     return out
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """out[y, x] = a[y + dy, x + dx], zero (False) where that falls outside `a`."""
-    h, w = a.shape
-    out = np.zeros_like(a)
-    if abs(dy) < h and abs(dx) < w:
-        out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
-            a[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
-    return out
-
-
 def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
 
@@ -102,19 +92,24 @@ def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     out = np.zeros((h, w), bool)
     # a centre off by one across the arm; both arms of a direction share it
     strong = [cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d])) >= t[d] for d in range(4)]
+    # An arm off the image fails (there its value is 0), so centres lie m px inside the border.
+    m = ARM_REACH * u
+    if h <= 2 * m or w <= 2 * m:
+        return out
     # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
     for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
                  ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
         # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
-        found = np.ones((h, w), bool)
+        found = np.ones((h - 2 * m, w - 2 * m), bool)
         for d, (dy, dx) in arms:
-            for s in range(2 * u, ARM_REACH * u + 1):
-                found &= _shift(strong[d], s * dy, s * dx)
+            for s in range(2 * u, m + 1):
+                found &= strong[d][m + s * dy:h - m + s * dy, m + s * dx:w - m + s * dx]
         ys, xs = np.nonzero(found)
+        ys, xs = ys + m, xs + m
         # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on.
         # Few pixels have all four arms, so the tails are read there only; off the image counts 0.
         for d, (dy, dx) in arms:
-            steps = np.arange(ARM_REACH * u + 1, ARM_END * u + 1)[:, None]
+            steps = np.arange(m + 1, ARM_END * u + 1)[:, None]
             y, x = ys[None] + steps * dy, xs[None] + steps * dx
             inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
             tail = np.where(inside, resp[d][np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)], 0).min(axis=0,
@@ -303,8 +298,10 @@ def stroke_thresholds(grey: np.ndarray, resp: np.ndarray, base: float | None = N
     """
     base = contrast_threshold(grey) if base is None else base
     inside = cv2.compare(grey, 0, cv2.CMP_GT)
-    if cv2.countNonZero(inside) < 100:
+    n = cv2.countNonZero(inside)
+    if n < 100:
         return np.full(4, base)
+    inside = None if n == grey.size else inside  # a field crop: all inside, no mask to read
     return np.array([max(base, TISSUE_STROKES * _percentile_u8(r, TISSUE_PERCENTILE, inside)) for r in resp])
 
 
@@ -356,13 +353,12 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
 def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
     """Crisp near-white strokes, whatever their shape (text, isolated dots drawn at full white)."""
     out = np.zeros(grey.shape, bool)
-    ys, xs = np.nonzero(grey >= SATURATED)
-    if not len(ys):
+    bx, by, bw, bh = cv2.boundingRect(cv2.compare(grey, SATURATED, cv2.CMP_GE))
+    if bw == 0:
         return out
     # Only the bright pixels' box matters; 2 px more gives their 5x5 median the same
     # neighbours it has in the whole image (medianBlur replicates the border: so does the box's).
-    h, w = grey.shape
-    y0, y1, x0, x1 = max(0, ys.min() - 2), min(h, ys.max() + 3), max(0, xs.min() - 2), min(w, xs.max() + 3)
+    y0, y1, x0, x1 = max(0, by - 2), by + bh + 2, max(0, bx - 2), bx + bw + 2
     box = grey[y0:y1, x0:x1]
     contrast = cv2.subtract(box, cv2.medianBlur(box, 5))
     bright = box >= SATURATED
