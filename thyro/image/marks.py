@@ -33,6 +33,8 @@ stroke is a grey smear) are also searched enlarged twice.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -57,6 +59,14 @@ TEXT_INK = 0.5  # most a text line's box its strokes fill
 SMALL = 200  # px: images with a shorter side are also searched enlarged twice
 MAX_SCALE = 2  # px per px at 256: larger screens still draw strokes of 1-2 px
 INPAINT_RADIUS = 3
+
+
+def _at_least(a: np.ndarray, t: float) -> np.ndarray:
+    """a >= t for uint8 `a`, compared in uint8 (a whole number is >= t iff >= ceil(t)): no float64 copy of `a`."""
+    c = math.ceil(t)
+    if c > 255:
+        return np.zeros(a.shape, bool)
+    return a >= np.uint8(max(c, 0))
 
 
 def _line(n: int, direction: int) -> np.ndarray:
@@ -91,7 +101,7 @@ def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     h, w = resp.shape[1:]
     out = np.zeros((h, w), bool)
     # a centre off by one across the arm; both arms of a direction share it
-    strong = [cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d])) >= t[d] for d in range(4)]
+    strong = [_at_least(cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d])), t[d]) for d in range(4)]
     # An arm off the image fails (there its value is 0), so centres lie m px inside the border.
     m = ARM_REACH * u
     if h <= 2 * m or w <= 2 * m:
@@ -199,7 +209,7 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     glyphs without one (A, X, 2) along its band: small bright spots as bright as its
     strokes (text is drawn in one colour), less than a glyph's height apart.
     """
-    v = (resp[1] >= t_vertical).astype(np.uint8)
+    v = _at_least(resp[1], t_vertical).view(np.uint8)
     _, labels, st, _ = _components(v)
     x, y, w, h = (st[:, i] for i in range(4))
     keep = np.nonzero((h <= 4 * ARM * u) & (w <= 2 * u + 1))[0]
@@ -326,12 +336,14 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
         # More cross-like points than any screen has calipers: the texture makes them here
         # (fine, contrasty speckle); inpainting them would paint over the tissue.
         return text
-    stroke = (resp >= td[:, None, None]).any(axis=0)
+    stroke = _at_least(resp[0], td[0])
+    for r, c in zip(resp[1:], td[1:]):
+        stroke |= _at_least(r, c)
     # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
     # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
     arms = stroke & (cv2.dilate(cu8, np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
     level = np.median(grey[arms]) if arms.any() else 0
-    stroke &= grey >= level - t
+    stroke &= _at_least(grey, level - t)
     # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
     count, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
     touch = np.zeros(count, bool)
@@ -346,7 +358,7 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
         y0, y1, x0, x1 = max(0, by - r), by + bh + r, max(0, bx - r), bx + bw + r
         near[y0:y1, x0:x1] |= touch[parts[y0:y1, x0:x1]] & (cv2.dilate(cu8[y0:y1, x0:x1], reach) > 0)
     # A letter can look like a cross; measuring lines run between calipers, not letters.
-    dotted = _dotted(spots, centres & ~text, t, u) & (spots >= t / 2)
+    dotted = _dotted(spots, centres & ~text, t, u) & _at_least(spots, t / 2)
     return text | near | centres | dotted
 
 
