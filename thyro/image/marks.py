@@ -163,40 +163,47 @@ def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.
     h, w = spots.shape
     # the line may run a pixel off the straight path between the two centres
     loose = cv2.dilate(spots, np.ones((3, 3), np.uint8))
-    # All pairs of centres at once (a screen's letters can make a few dozen crosses).
+
+    def dotted(a, b, length):
+        """The pairs (a, b) of these whose segment is a dotted line."""
+        # Each pair's np.linspace(0, 1, int(length) + 1), concatenated: k / (n - 1), the last exactly 1
+        num = length.astype(int) + 1
+        pair = np.repeat(np.arange(len(a)), num)
+        first = np.cumsum(num) - num
+        frac = (np.arange(num.sum()) - first[pair]) * (1.0 / (num - 1))[pair]
+        frac[first + num - 1] = 1.0
+        arms = (frac * length[pair] > REACH * u) & ((1 - frac) * length[pair] > REACH * u)  # the crosses' arms aside
+        frac, pair = frac[arms], pair[arms]
+        normal = np.stack([a[:, 1] - b[:, 1], b[:, 0] - a[:, 0]], axis=1) / length[:, None]
+
+        def mean_along(offsets):
+            """Per pair, the mean of `loose` along its segment moved by offsets (pairs, 2)."""
+            p = along + offsets[pair]
+            x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
+            y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
+            return np.bincount(pair, weights=loose[y, x], minlength=len(a)) / count
+
+        along, count = a[pair] + frac[:, None] * (b - a)[pair], np.bincount(pair, minlength=len(a))
+        on = mean_along(0 * normal)
+        bright = on >= t / 2  # the others are too faint whatever lies beside them
+        a, b, on, normal = a[bright], b[bright], on[bright], normal[bright]
+        along, pair, count = along[bright[pair]], (np.cumsum(bright) - 1)[pair[bright[pair]]], count[bright]
+        # the median of six parallels: a second measuring line or a tissue edge may run beside it
+        beside = np.maximum(np.median([mean_along(o * normal) for o in (-7, -5, -3, 3, 5, 7)], axis=0), 1.0)
+        keep = on >= DOTTED * beside
+        return a[keep], b[keep]
+
+    # All pairs of centres at once (a screen's letters can make a few dozen crosses) ...
     i, j = np.triu_indices(len(pts), 1)
     a, b = pts[i], pts[j]
     length = np.hypot(b[:, 0] - a[:, 0], b[:, 1] - a[:, 1])
     long = length >= 3 * REACH * u
     a, b, length = a[long], b[long], length[long]
-    if not len(a):
-        return out.astype(bool)
-    # Each pair's np.linspace(0, 1, int(length) + 1), concatenated: k / (n - 1), the last exactly 1
-    num = length.astype(int) + 1
-    pair = np.repeat(np.arange(len(a)), num)
-    first = np.cumsum(num) - num
-    frac = (np.arange(num.sum()) - first[pair]) * (1.0 / (num - 1))[pair]
-    frac[first + num - 1] = 1.0
-    arms = (frac * length[pair] > REACH * u) & ((1 - frac) * length[pair] > REACH * u)  # the crosses' arms aside
-    frac, pair = frac[arms], pair[arms]
-    normal = np.stack([a[:, 1] - b[:, 1], b[:, 0] - a[:, 0]], axis=1) / length[:, None]
-
-    def mean_along(offsets):
-        """Per pair, the mean of `loose` along its segment moved by offsets (pairs, 2)."""
-        p = along + offsets[pair]
-        x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
-        y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
-        return np.bincount(pair, weights=loose[y, x], minlength=len(a)) / count
-
-    along, count = a[pair] + frac[:, None] * (b - a)[pair], np.bincount(pair, minlength=len(a))
-    on = mean_along(0 * normal)
-    bright = on >= t / 2  # the others are too faint whatever lies beside them
-    a, b, on, normal = a[bright], b[bright], on[bright], normal[bright]
-    along, pair, count = along[bright[pair]], (np.cumsum(bright) - 1)[pair[bright[pair]]], count[bright]
-    # the median of six parallels: a second measuring line or a tissue edge may run beside it
-    beside = np.maximum(np.median([mean_along(o * normal) for o in (-7, -5, -3, 3, 5, 7)], axis=0), 1.0)
-    for k in np.nonzero(on >= DOTTED * beside)[0]:
-        cv2.line(out, tuple(int(round(v)) for v in a[k]), tuple(int(round(v)) for v in b[k]), 1, 1)
+    # ... in batches of about 2**20 points along them: a centre split by text can make hundreds
+    batch = max(1, (1 << 20) // (int(length.max()) + 1)) if len(a) else 1
+    for k in range(0, len(a), batch):
+        for p, q in zip(*dotted(a[k:k + batch], b[k:k + batch], length[k:k + batch])):
+            cv2.line(out, tuple(int(round(v)) for v in p), tuple(int(round(v)) for v in q), 1, 1)
     return out.astype(bool)
 
 
