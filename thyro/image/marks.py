@@ -33,8 +33,12 @@ stroke is a grey smear) are also searched enlarged twice.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 SATURATED = 235  # grey level; marks drawn at or near full white
 STRONG_CONTRAST = 110  # grey levels a saturated stroke stands above its 5x5 median (speckle grains: 99.9% below 128)
@@ -55,6 +59,14 @@ TEXT_INK = 0.5  # most a text line's box its strokes fill
 SMALL = 200  # px: images with a shorter side are also searched enlarged twice
 MAX_SCALE = 2  # px per px at 256: larger screens still draw strokes of 1-2 px
 INPAINT_RADIUS = 3
+
+
+def _at_least(a: np.ndarray, t: float) -> np.ndarray:
+    """a >= t for uint8 `a`, compared in uint8 (a whole number is >= t iff >= ceil(t)): no float64 copy of `a`."""
+    c = math.ceil(t)
+    if c > 255:
+        return np.zeros(a.shape, bool)
+    return a >= np.uint8(max(c, 0))
 
 
 def _line(n: int, direction: int) -> np.ndarray:
@@ -80,67 +92,118 @@ def stroke_response(grey: np.ndarray, u: int = 1) -> np.ndarray:
     return out
 
 
-def _offsets(steps, dy: int, dx: int) -> np.ndarray:
-    """A kernel for cv2.erode whose minimum runs over the pixels k * (dy, dx) away, k in steps."""
-    c = max(steps)
-    k = np.zeros((2 * c + 1, 2 * c + 1), np.uint8)
-    for s in steps:
-        k[c + s * dy, c + s * dx] = 1
-    return k
-
-
 def _crosses(resp: np.ndarray, t: np.ndarray, u: int = 1) -> np.ndarray:
     """Boolean mask of cross centres: four arms, each a stroke along its direction, radiating from one pixel.
 
     A "+" needs left, right, up and down arms; an "x" the four diagonal ones. A tissue
     streak has two arms at most, a calcification none, two streaks that touch three.
     """
-    out = np.zeros(resp.shape[1:], bool)
+    h, w = resp.shape[1:]
+    out = np.zeros((h, w), bool)
+    # a centre off by one across the arm; both arms of a direction share it
+    strong = [_at_least(cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d])), t[d]) for d in range(4)]
+    # An arm off the image fails (there its value is 0), so centres lie m px inside the border.
+    m = ARM_REACH * u
+    if h <= 2 * m or w <= 2 * m:
+        return out
     # (direction, step) per arm; _line's directions: 0 horizontal, 1 vertical, 2 diagonal, 3 anti-diagonal
     for arms in (((0, (0, 1)), (0, (0, -1)), (1, (1, 0)), (1, (-1, 0))),
                  ((2, (1, 1)), (2, (-1, -1)), (3, (-1, 1)), (3, (1, -1)))):
-        found = np.ones(resp.shape[1:], bool)
+        # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
+        found = np.ones((h - 2 * m, w - 2 * m), bool)
         for d, (dy, dx) in arms:
-            r = cv2.dilate(resp[d], _line(2 * u + 1, (1, 0, 3, 2)[d]))  # a centre off by one across the arm
-            # the arm: from 2 px off the centre (its neighbour may be dimmed by the other stroke) ...
-            arm = cv2.erode(r, _offsets(range(2 * u, ARM_REACH * u + 1), dy, dx),
-                            borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on
-            tail = cv2.erode(resp[d], _offsets(range(ARM_REACH * u + 1, ARM_END * u + 1), dy, dx),
-                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            found &= (arm >= t[d]) & (tail < t[d] / 2)
-        out |= found
+            for s in range(2 * u, m + 1):
+                found &= strong[d][m + s * dy:h - m + s * dy, m + s * dx:w - m + s * dx]
+        ys, xs = np.nonzero(found)
+        ys, xs = ys + m, xs + m
+        # ... to its end within ARM_END px: a caliper's arms are short, a tissue streak runs on.
+        # Few pixels have all four arms, so the tails are read there only; off the image counts 0.
+        for d, (dy, dx) in arms:
+            steps = np.arange(m + 1, ARM_END * u + 1)[:, None]
+            y, x = ys[None] + steps * dy, xs[None] + steps * dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            tail = np.where(inside, resp[d][np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)], 0).min(axis=0,
+                                                                                              initial=255)
+            ok = tail < t[d] / 2
+            ys, xs = ys[ok], xs[ok]
+        out[ys, xs] = True
     return out
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats(mask, connectivity=8) of a sparse uint8 mask; row 0 (background) left zero.
+
+    OpenCV also accumulates statistics over every background pixel: most of its cost on
+    a sparse mask. The labels are connectedComponents' (the same algorithm); boxes, areas
+    and centroids (integer coordinate sums divided once by the area) come out the same.
+    """
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    stats, centroids = np.zeros((n, 5), np.int32), np.zeros((n, 2))
+    pts = cv2.findNonZero(mask)
+    if pts is None:
+        return n, labels, stats, centroids
+    xs, ys = pts.reshape(-1, 2).T
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n)
+    for i, c in enumerate((xs, ys)):
+        lo, hi = np.full(n, np.iinfo(np.int32).max, np.int32), np.zeros(n, np.int32)
+        np.minimum.at(lo, lab, c)
+        np.maximum.at(hi, lab, c)
+        stats[1:, i], stats[1:, 2 + i] = lo[1:], (hi - lo + 1)[1:]
+        centroids[1:, i] = np.bincount(lab, weights=c.astype(np.int64), minlength=n)[1:] / area[1:]
+    stats[:, cv2.CC_STAT_AREA] = area
+    stats[0] = 0
+    return n, labels, stats, centroids
 
 
 def _dotted(spots: np.ndarray, centres: np.ndarray, t: float, u: int = 1) -> np.ndarray:
     """Dotted lines: segments between two cross centres much brighter in small spots than their parallels."""
     out = np.zeros(spots.shape, np.uint8)
-    pts = cv2.connectedComponentsWithStats(centres.astype(np.uint8), connectivity=8)[3][1:]
+    pts = _components(centres.astype(np.uint8))[3][1:]
     h, w = spots.shape
     # the line may run a pixel off the straight path between the two centres
     loose = cv2.dilate(spots, np.ones((3, 3), np.uint8))
 
-    def mean_along(a, b, frac, offset):
-        p = a[None] + frac[:, None] * (b - a)[None] + offset[None]
-        x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
-        y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
-        return float(loose[y, x].mean())
+    def dotted(a, b, length):
+        """The pairs (a, b) of these whose segment is a dotted line."""
+        # Each pair's np.linspace(0, 1, int(length) + 1), concatenated: k / (n - 1), the last exactly 1
+        num = length.astype(int) + 1
+        pair = np.repeat(np.arange(len(a)), num)
+        first = np.cumsum(num) - num
+        frac = (np.arange(num.sum()) - first[pair]) * (1.0 / (num - 1))[pair]
+        frac[first + num - 1] = 1.0
+        arms = (frac * length[pair] > REACH * u) & ((1 - frac) * length[pair] > REACH * u)  # the crosses' arms aside
+        frac, pair = frac[arms], pair[arms]
+        normal = np.stack([a[:, 1] - b[:, 1], b[:, 0] - a[:, 0]], axis=1) / length[:, None]
 
-    for i in range(len(pts)):
-        for j in range(i + 1, len(pts)):
-            a, b = pts[i], pts[j]
-            length = float(np.hypot(*(b - a)))
-            if length < 3 * REACH * u:
-                continue
-            frac = np.linspace(0, 1, int(length) + 1)
-            frac = frac[(frac * length > REACH * u) & ((1 - frac) * length > REACH * u)]  # the crosses' arms aside
-            normal = np.array([a[1] - b[1], b[0] - a[0]]) / length
-            on = mean_along(a, b, frac, 0 * normal)
-            # the median of six parallels: a second measuring line or a tissue edge may run beside it
-            beside = max(float(np.median([mean_along(a, b, frac, o * normal) for o in (-7, -5, -3, 3, 5, 7)])), 1.0)
-            if on >= t / 2 and on >= DOTTED * beside:
-                cv2.line(out, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), 1, 1)
+        def mean_along(offsets):
+            """Per pair, the mean of `loose` along its segment moved by offsets (pairs, 2)."""
+            p = along + offsets[pair]
+            x = np.clip(np.round(p[:, 0]).astype(int), 0, w - 1)
+            y = np.clip(np.round(p[:, 1]).astype(int), 0, h - 1)
+            return np.bincount(pair, weights=loose[y, x], minlength=len(a)) / count
+
+        along, count = a[pair] + frac[:, None] * (b - a)[pair], np.bincount(pair, minlength=len(a))
+        on = mean_along(0 * normal)
+        bright = on >= t / 2  # the others are too faint whatever lies beside them
+        a, b, on, normal = a[bright], b[bright], on[bright], normal[bright]
+        along, pair, count = along[bright[pair]], (np.cumsum(bright) - 1)[pair[bright[pair]]], count[bright]
+        # the median of six parallels: a second measuring line or a tissue edge may run beside it
+        beside = np.maximum(np.median([mean_along(o * normal) for o in (-7, -5, -3, 3, 5, 7)], axis=0), 1.0)
+        keep = on >= DOTTED * beside
+        return a[keep], b[keep]
+
+    # All pairs of centres at once (a screen's letters can make a few dozen crosses) ...
+    i, j = np.triu_indices(len(pts), 1)
+    a, b = pts[i], pts[j]
+    length = np.hypot(b[:, 0] - a[:, 0], b[:, 1] - a[:, 1])
+    long = length >= 3 * REACH * u
+    a, b, length = a[long], b[long], length[long]
+    # ... in batches of about 2**20 points along them: a centre split by text can make hundreds
+    batch = max(1, (1 << 20) // (int(length.max()) + 1)) if len(a) else 1
+    for k in range(0, len(a), batch):
+        for p, q in zip(*dotted(a[k:k + batch], b[k:k + batch], length[k:k + batch])):
+            cv2.line(out, tuple(int(round(v)) for v in p), tuple(int(round(v)) for v in q), 1, 1)
     return out.astype(bool)
 
 
@@ -153,8 +216,8 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     glyphs without one (A, X, 2) along its band: small bright spots as bright as its
     strokes (text is drawn in one colour), less than a glyph's height apart.
     """
-    v = (resp[1] >= t_vertical).astype(np.uint8)
-    _, labels, st, _ = cv2.connectedComponentsWithStats(v, connectivity=8)
+    v = _at_least(resp[1], t_vertical).view(np.uint8)
+    _, labels, st, _ = _components(v)
     x, y, w, h = (st[:, i] for i in range(4))
     keep = np.nonzero((h <= 4 * ARM * u) & (w <= 2 * u + 1))[0]
     keep = keep[keep > 0]
@@ -162,35 +225,37 @@ def _text_lines(grey: np.ndarray, resp: np.ndarray, spots: np.ndarray, t: float,
     if len(keep) < TEXT_GLYPHS:
         return out
     keep = keep[np.argsort(x[keep])]
-    parent = list(range(len(keep)))
-
-    def root(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for a in range(len(keep)):
-        for b in range(a + 1, len(keep)):
-            i, j = keep[a], keep[b]
-            if x[j] - x[i] > 2 * max(h[i], h[j]):
-                break
-            # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
-            if abs((y[i] + h[i]) - (y[j] + h[j])) <= u and abs(y[i] - y[j]) <= u:
-                parent[root(b)] = root(a)
-    groups: dict[int, list[int]] = {}
-    for a in range(len(keep)):
-        groups.setdefault(root(a), []).append(keep[a])
-    for g in groups.values():
-        if len(g) < TEXT_GLYPHS:
-            continue
-        g = np.array(g)
+    xs, ys, hs = x[keep], y[keep], h[keep]
+    # Neighbours in x order: from each stroke, the next ones until the first farther than
+    # twice the taller one's height; walked one step for all strokes at once (noisy
+    # images have many thousands of them).
+    pairs = []
+    active, step = np.arange(len(keep) - 1), 1
+    while len(active):
+        other = active + step
+        active = active[xs[other] - xs[active] <= 2 * np.maximum(hs[active], hs[other])]
+        other = active + step
+        # one baseline and one cap height (l, t, 1, E, R: tissue's strokes vary)
+        same = (np.abs((ys[active] + hs[active]) - (ys[other] + hs[other])) <= u) & \
+            (np.abs(ys[active] - ys[other]) <= u)
+        pairs.append((active[same], other[same]))
+        step += 1
+        active = active[active + step < len(keep)]
+    a, b = (np.concatenate(v) for v in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
+    graph = coo_matrix((np.ones(len(a), np.uint8), (a, b)), shape=(len(keep),) * 2)
+    group_of = connected_components(graph, directed=False)[1]
+    for root in np.nonzero(np.bincount(group_of) >= TEXT_GLYPHS)[0]:
+        g = keep[group_of == root]
+        # each stroke's own pixels, read in its box only
+        pixels = [grey[y[k]:y[k] + h[k], x[k]:x[k] + w[k]][labels[y[k]:y[k] + h[k], x[k]:x[k] + w[k]] == k]
+                  for k in g]
         # Text is drawn in one colour: its strokes peak at one grey level; tissue's do not.
-        peaks = np.array([grey[labels == k].max() for k in g], float)
+        peaks = np.array([p.max() for p in pixels], float)
         if peaks.max() - peaks.min() > t:
             continue
         top, bottom = max(0, int(y[g].min()) - 1), int((y[g] + h[g]).max()) + 2  # descenders aside
         glyph = int(h[g].max())
-        level = np.median(grey[np.isin(labels, g)])
+        level = np.median(np.concatenate(pixels))
         ink = ((spots[top:bottom] >= t) & (grey[top:bottom] >= level - t)).astype(np.uint8)
         # ... but a line of text is not a band of bright tissue: a few glyphs beyond its strokes at most
         x0, x1 = int(x[g].min()), int((x[g] + w[g]).max())
@@ -212,9 +277,16 @@ def _spot_response(grey: np.ndarray, size: int = 3) -> np.ndarray:
     return cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, np.ones((size, size), np.uint8))
 
 
-def _percentile_u8(a: np.ndarray, q: float) -> float:
-    """np.percentile (lower) of uint8 values, by histogram: linear time, whatever the image size."""
-    counts = np.cumsum(np.bincount(a.ravel(), minlength=256))
+def _histogram_u8(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Counts of each uint8 value (where `mask`): cv2.calcHist, without gathering the pixels first."""
+    if a.size >= 1 << 24:  # calcHist counts in float32: exact below 2**24 only
+        return np.bincount((a if mask is None else a[mask.astype(bool)]).ravel(), minlength=256)
+    return cv2.calcHist([a], [0], mask, [256], [0, 256]).ravel().astype(np.int64)
+
+
+def _percentile_u8(a: np.ndarray, q: float, mask: np.ndarray | None = None) -> float:
+    """np.percentile (lower) of uint8 values (where `mask`), by histogram: linear time, whatever the image size."""
+    counts = np.cumsum(_histogram_u8(a, mask))
     return float(np.searchsorted(counts, q / 100 * (counts[-1] - 1), side="right")) if counts[-1] else 0.0
 
 
@@ -226,23 +298,28 @@ def contrast_threshold(grey: np.ndarray) -> float:
     """
     g = grey.astype(np.float32)
     mean = cv2.blur(g, (9, 9))
-    sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
-    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.clip(sd, 0, 255).astype(np.uint8), 50))
+    var = cv2.blur(g * g, (9, 9))
+    mean *= mean
+    var -= mean
+    sd = np.sqrt(np.maximum(var, 0, out=var), out=var)
+    return max(float(STROKE_CONTRAST), TEXTURE * _percentile_u8(np.minimum(sd, 255, out=sd).astype(np.uint8), 50))
 
 
-def stroke_thresholds(grey: np.ndarray, resp: np.ndarray) -> np.ndarray:
+def stroke_thresholds(grey: np.ndarray, resp: np.ndarray, base: float | None = None) -> np.ndarray:
     """Per direction, the stroke response a mark's stroke needs: above the tissue's own strokes.
 
     Tissue makes strokes too, mostly horizontal (specular boundaries, laterally smeared
     speckle) and as many as a few per cent of pixels on some scanners; marks are far
     fewer, so the tissue's 99th percentile per direction (inside the field: not black)
-    sets the bar.
+    sets the bar. `base`: contrast_threshold(grey), if known.
     """
-    base = contrast_threshold(grey)
-    inside = grey > 0
-    if inside.sum() < 100:
+    base = contrast_threshold(grey) if base is None else base
+    inside = cv2.compare(grey, 0, cv2.CMP_GT)
+    n = cv2.countNonZero(inside)
+    if n < 100:
         return np.full(4, base)
-    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r[inside], TISSUE_PERCENTILE)) for r in resp])
+    inside = None if n == grey.size else inside  # a field crop: all inside, no mask to read
+    return np.array([max(base, TISSUE_STROKES * _percentile_u8(r, TISSUE_PERCENTILE, inside)) for r in resp])
 
 
 def scale(shape: tuple[int, int]) -> int:
@@ -254,36 +331,56 @@ def _drawn_strokes(grey: np.ndarray) -> np.ndarray:
     """Crosses and the strokes joined to them, dotted lines between crosses, and text lines."""
     u = scale(grey.shape)
     resp = stroke_response(grey, u)
-    td = stroke_thresholds(grey, resp)
     t = contrast_threshold(grey)
+    td = stroke_thresholds(grey, resp, t)
     spots = _spot_response(grey, 2 * u + 1)
     text = _text_lines(grey, resp, spots, t, td[1], u)
     centres = _crosses(resp, td, u)
-    n = cv2.connectedComponents(centres.astype(np.uint8), connectivity=8)[0] - 1
+    cu8 = centres.astype(np.uint8)
+    n, _, boxes, _ = _components(cu8)
+    n -= 1
     if n == 0 or n > MAX_CROSSES:
         # More cross-like points than any screen has calipers: the texture makes them here
         # (fine, contrasty speckle); inpainting them would paint over the tissue.
         return text
-    stroke = (resp >= td[:, None, None]).any(axis=0)
+    stroke = _at_least(resp[0], td[0])
+    for r, c in zip(resp[1:], td[1:]):
+        stroke |= _at_least(r, c)
     # Calipers and their digits are drawn in one colour; the lesion's bright rim they sit
     # on is tissue: keep the strokes nearby only where they are about as bright as the arms.
-    arms = stroke & (cv2.dilate(centres.astype(np.uint8), np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
+    arms = stroke & (cv2.dilate(cu8, np.ones((2 * ARM_REACH * u + 3,) * 2, np.uint8)) > 0)
     level = np.median(grey[arms]) if arms.any() else 0
-    stroke &= grey >= level - t
+    stroke &= _at_least(grey, level - t)
     # ... and only those touching a cross's arms, or a px or two away (a caliper's digit)
-    _, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
-    touch = np.unique(parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0])
-    near = np.isin(parts, touch[touch > 0]) & (cv2.dilate(centres.astype(np.uint8), cv2.getStructuringElement(
-        cv2.MORPH_ELLIPSE, (2 * (ARM_END + ARM) * u + 1,) * 2)) > 0)
+    count, parts = cv2.connectedComponents(stroke.astype(np.uint8), connectivity=8)
+    touch = np.zeros(count, bool)
+    touch[parts[cv2.dilate(arms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0]] = True
+    touch[0] = False
+    # ... within reach of a cross: read in each cross's box plus the reach (the dilation
+    # there is the whole image's, and zero beyond every box)
+    r = (ARM_END + ARM) * u
+    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+    near = np.zeros(grey.shape, bool)
+    for bx, by, bw, bh, _ in boxes[1:]:
+        y0, y1, x0, x1 = max(0, by - r), by + bh + r, max(0, bx - r), bx + bw + r
+        near[y0:y1, x0:x1] |= touch[parts[y0:y1, x0:x1]] & (cv2.dilate(cu8[y0:y1, x0:x1], reach) > 0)
     # A letter can look like a cross; measuring lines run between calipers, not letters.
-    dotted = _dotted(spots, centres & ~text, t, u) & (spots >= t / 2)
+    dotted = _dotted(spots, centres & ~text, t, u) & _at_least(spots, t / 2)
     return text | near | centres | dotted
 
 
 def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
     """Crisp near-white strokes, whatever their shape (text, isolated dots drawn at full white)."""
-    contrast = cv2.subtract(grey, cv2.medianBlur(grey, 5))
-    bright = grey >= SATURATED
+    out = np.zeros(grey.shape, bool)
+    bx, by, bw, bh = cv2.boundingRect(cv2.compare(grey, SATURATED, cv2.CMP_GE))
+    if bw == 0:
+        return out
+    # Only the bright pixels' box matters; 2 px more gives their 5x5 median the same
+    # neighbours it has in the whole image (medianBlur replicates the border: so does the box's).
+    y0, y1, x0, x1 = max(0, by - 2), by + bh + 2, max(0, bx - 2), bx + bw + 2
+    box = grey[y0:y1, x0:x1]
+    contrast = cv2.subtract(box, cv2.medianBlur(box, 5))
+    bright = box >= SATURATED
     # Hysteresis: a stroke crossing a bright speckle grain loses contrast there, while a
     # saturated grain alone rarely reaches the strong level; keep weak stroke pixels only
     # when they touch a strong one.
@@ -292,7 +389,8 @@ def _saturated_strokes(grey: np.ndarray) -> np.ndarray:
     seeded = np.zeros(n, bool)
     seeded[labels[bright & (contrast >= STRONG_CONTRAST)]] = True
     seeded[0] = False
-    return seeded[labels]
+    out[y0:y1, x0:x1] = seeded[labels]
+    return out
 
 
 def mark_mask(img: np.ndarray) -> np.ndarray:
