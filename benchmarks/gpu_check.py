@@ -13,6 +13,17 @@ For when a GPU machine is at hand (CI never needs one). It runs
    and img/s per GPU of both paths.
 `--device cpu` runs the same steps on CPU, shrunk, to check the script itself
 (tests/test_gpu_check.py runs it so, with `--model` and a few images).
+
+`--no-ray`, for a GPU machine without Ray (the lent one has no registry, and Ray's wheel is
+larger than what may travel to it): the plain-PyTorch core on the device, the parts a GPU
+changes, in three steps:
+1. one split trained with `train_run` (no Tune, no Train), same settings as step 1 above;
+2. the score benchmark's Ray-free part (`--stages-only`: the bare predictor (a),
+   pytorch-grad-cam (d), the per-stage table whose "forward + CAM, actor" row is a GPU
+   actor's cost) for both decode paths;
+3. agreement: the same JPEG screens through the CPU predictor (fp32, PIL decode: the
+   reference) and the device's, fp32 then bf16 with PIL decode, then bf16 with nvjpeg: max
+   |delta p(malignant)|, labels that differ, the least Pearson r between CAMs.
 """
 
 from __future__ import annotations
@@ -54,6 +65,119 @@ def _experiment(args, gpu: bool) -> str:
     return run_dir(res.out, "resnet18", splits[0])
 
 
+def _train_plain(args, gpu: bool) -> str:
+    """1 (`--no-ray`). One split trained in this process; -> its run."""
+    from thyro.config import load_config
+    from thyro.model.training import train_run
+
+    cfg = load_config("configs/smoke.yaml", [{
+        "data": {"phantom_dir": os.path.join(args.out, "phantom"),
+                 "phantom": {"n_benign": 415, "n_malignant": 93, "size": 256} if gpu else {}},
+        "preprocess": {"image_size": 224 if gpu else 64},
+        "train": {"epochs": 3 if gpu else 1, "batch_size": 32, "precision": "bf16", "channels_last": True,
+                  "num_workers": 4 if gpu else 0, "device": "cuda" if gpu else "cpu"},
+        "eval": {"bootstrap": 0}}])
+    run = os.path.join(args.out, "run")
+    res = train_run(cfg, run, log=lambda s: None)
+    with open(os.path.join(run, "history.json")) as f:
+        hist = json.load(f)
+    warm = hist[1:] or hist  # the first epoch also decodes and caches the images
+    rate = sum(h["train_images_per_s"] for h in warm) / len(warm)
+    print(f"1. plain training, one split: ResNet18 at {cfg.preprocess.image_size} px, {cfg.train.epochs} epochs, "
+          f"bf16, channels_last, in {time.perf_counter() - T0:.0f}s; test AUC {res.metrics['auc']:.3f}; "
+          f"{rate:.0f} training img/s (epochs after the first)", flush=True)
+    return run
+
+
+P_TOL, CAM_R_MIN = 0.05, 0.9  # what step 3 calls agreement: bf16 and another JPEG decoder may move this much
+
+
+def _screens(args, gpu: bool, n: int) -> list[str]:
+    """n phantom scanner screens saved as JPEG (quality 90), as scanners export."""
+    from PIL import Image
+
+    from thyro.data import phantom
+
+    folder = os.path.join(args.out, "screens")
+    if not os.path.exists(os.path.join(folder, "jpeg")):
+        phantom.generate(folder, n_benign=n - n // 4, n_malignant=n // 4, size=args.size or (480 if gpu else 96),
+                         seed=11, layout="scanner")
+        os.makedirs(os.path.join(folder, "jpeg"))
+        for f in sorted(os.listdir(os.path.join(folder, "images"))):
+            Image.open(os.path.join(folder, "images", f)).convert("RGB").save(
+                os.path.join(folder, "jpeg", f.rsplit(".", 1)[0] + ".jpg"), "JPEG", quality=90)
+    return sorted(os.path.join(folder, "jpeg", f) for f in os.listdir(os.path.join(folder, "jpeg")))
+
+
+def _agreement(model: str, files: list[str], gpu: bool) -> dict:
+    """3 (`--no-ray`). The score actor's outputs on `files` for each setting against the CPU
+    reference; -> {setting: (max |dp|, labels differing, least CAM r)}."""
+    import numpy as np
+    import pyarrow as pa
+
+    from thyro.config import config_to_dict, load_config
+    from thyro.image.preset import Preset
+    from thyro.model.batch_scorer import BatchScorer
+    from thyro.model.checkpoint import load_card
+    from thyro.model.score_plan import decode_on_actor
+    from thyro.model.score_stages import prepare_block
+
+    preset = Preset.from_dict(load_card(model)["inputs"]["preprocessing"])
+    items = pa.Table.from_pylist([{"input_uri": f, "data": None, "error": None} for f in files])
+    dev = "cuda" if gpu else "cpu"
+    settings = {"cpu fp32, PIL decode (reference)": ("cpu", "fp32", "cpu"),
+                f"{dev} fp32, PIL decode": (dev, "fp32", "cpu"),
+                f"{dev} bf16, PIL decode": (dev, "bf16", "cpu"),
+                f"{dev} bf16, JPEG decoded on the actor": (dev, "bf16", "actor")}
+    outs = {}
+    for name, (device, precision, where) in settings.items():
+        cfg = load_config(None, [{"score": {"device": device, "precision": precision, "decode_on": where,
+                                            "batch_size": 32, "cam_size": 56}}])
+        scorer = BatchScorer(model, config_to_dict(cfg))
+        rows = prepare_block(items, preset, cfg.score, set(), decode_on_actor(cfg.score))
+        t = pa.concat_tables([scorer(rows.slice(i, 32)) for i in range(0, rows.num_rows, 32)])
+        assert t.column("status").to_pylist() == ["ok"] * len(files), t.column("error").to_pylist()
+        cams = np.stack([np.frombuffer(b, np.float16).astype(np.float64) for b in t.column("cam").to_pylist()])
+        outs[name] = (np.asarray(t.column("prob_malignant").to_pylist()), np.asarray(t.column("label").to_pylist()), cams)
+    ref_p, ref_label, ref_cam = outs.pop("cpu fp32, PIL decode (reference)")
+    threshold = load_card(model)["outputs"]["threshold"]
+    result = {}
+    for name, (p, label, cam) in outs.items():
+        r = [np.corrcoef(a, b)[0, 1] for a, b in zip(ref_cam, cam) if a.std() > 0 and b.std() > 0]
+        # a label can flip on a tiny |dp| only where p lies on the threshold: show where
+        flips = [f"p {ref_p[i]:.9g} -> {p[i]:.9g}" for i in np.flatnonzero(label != ref_label)]
+        result[name] = (float(np.abs(p - ref_p).max()), len(flips), float(min(r)) if r else float("nan"),
+                        f"threshold {threshold!r}: {'; '.join(flips[:3])}" if flips else "")
+    return result
+
+
+def _no_ray(args, gpu: bool) -> None:
+    model = args.model or _train_plain(args, gpu)
+    n = args.n or (2000 if gpu else 48)
+    for where in ("cpu", "actor"):
+        sets = [f"score.decode_on={where}"] + (["score.device=cuda"] if gpu else [])
+        cmd = [sys.executable, "benchmarks/score_throughput.py", "--model", model, "--n", str(n), "--precision",
+               "bf16", "--batch", "128" if gpu else "16", "--stages-only", "--format", "jpeg", "--layout", "scanner",
+               "--size", str(args.size or (480 if gpu else 96)), "--sample", str(min(n, 512)) if gpu else "16",
+               *[a for x in sets for a in ("--set", x)]]
+        print(f"2. score benchmark without Ray, JPEGs decoded on the {where}:", " ".join(cmd[1:]), flush=True)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        print(run.stdout, end="", flush=True)
+        if run.returncode:
+            sys.exit(f"gpu_check: the score benchmark failed:\n{run.stderr[-3000:]}")
+    files = _screens(args, gpu, 96 if gpu else 16)
+    print(f"3. agreement with the CPU reference on {len(files)} JPEG screens (tolerance: |dp| <= {P_TOL}, "
+          f"CAM r >= {CAM_R_MIN}):", flush=True)
+    for name, (dp, flips, r, where) in _agreement(model, files, gpu).items():
+        ok = dp <= P_TOL and not r < CAM_R_MIN
+        print(f"   {name:40s} max |dp| {dp:.2g}  labels differing {flips}  least CAM r {r:.4f}  "
+              f"{'ok' if ok else 'OUTSIDE TOLERANCE'}  {where}")
+        print("AGREEMENT " + json.dumps({"setting": name, "max_dp": dp, "label_flips": flips, "min_cam_r": r, "ok": ok}))
+
+
+T0 = time.perf_counter()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/thyro-gpu-check")
@@ -61,6 +185,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a saved run to score with: skips the experiment smoke")
     ap.add_argument("--n", type=int, default=None, help="images in the score benchmark [4000; cpu 200]")
     ap.add_argument("--size", type=int, default=None, help="screen height of its phantom [480; cpu 96]")
+    ap.add_argument("--no-ray", action="store_true", help="the plain-PyTorch core only (see above)")
     args = ap.parse_args()
     gpu = args.device == "cuda"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -72,6 +197,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if gpu else "cpu"
     print(f"device: {name}; torch {torch.__version__}")
     t0 = time.perf_counter()
+    if args.no_ray:
+        _no_ray(args, gpu)
+        print(f"gpu_check --no-ray done in {time.perf_counter() - t0:.0f}s")
+        return
     model = args.model or _experiment(args, gpu)
     sets = ["score.batch_size=128", "score.cpus_per_task=1"] + (
         ["score.device=cuda", "score.gpus_per_actor=1", "score.cpus_per_actor=2", "score.threads=2"] if gpu else [])

@@ -241,9 +241,10 @@ def main() -> None:
 
         from pytorch_grad_cam import GradCAM as OracleCAM
         with OracleCAM(model=p.model, target_layers=[p.layer]) as oracle:
-            oracle(input_tensor=batches[0], targets=None)
+            oracle(input_tensor=batches[0].to(p.device), targets=None)
             t = time.perf_counter()
             for x in batches:
+                x = x.to(p.device)  # as (a)'s predict_tensor does
                 with torch.no_grad():
                     torch.softmax(p.model(x), 1)  # the prediction, then the map
                 oracle(input_tensor=x, targets=None)

@@ -45,15 +45,16 @@ class BatchScorer:
         self.faithfulness_steps = s.faithfulness_steps
 
     def batch_tensor(self, pixels: list[bytes], size: int):
-        """(S, S, 3) uint8 squares -> the normalised (N, 3, S, S) batch: `transforms.normalize`'s
-        arithmetic, once per batch; the CPU tasks ship a quarter of the bytes of float32."""
+        """(S, S, 3) uint8 squares -> the normalised (N, 3, S, S) batch on the model's device:
+        `transforms.normalize`'s arithmetic, once per batch, done there. The CPU tasks ship a
+        quarter of the bytes of float32, and so does the copy to a GPU (whose actor then spends
+        no CPU time on the float conversion)."""
         import torch
 
+        from thyro.data.jpeg_batch import normalise
+
         u8 = np.stack([np.frombuffer(b, np.uint8).reshape(size, size, 3) for b in pixels])
-        t = torch.from_numpy(u8).permute(0, 3, 1, 2).float().div_(255)
-        mean = torch.tensor(self.p.preset.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.p.preset.std).view(1, 3, 1, 1)
-        return (t - mean) / std
+        return normalise(torch.from_numpy(u8).to(self.p.device).permute(0, 3, 1, 2), self.p.preset)
 
     def _decode_here(self, table, ok: list[int]):
         """Rows that carry their JPEG (score.decode_on: actor) decoded on this actor's device in one
@@ -78,10 +79,13 @@ class BatchScorer:
             sq, inner = jpeg_batch.to_square(img, p)
             squares[i] = sq
             h, w = int(img.shape[1]), int(img.shape[2])
-            cols["pixels"][i] = sq.permute(1, 2, 0).contiguous().cpu().numpy().tobytes()  # for the overlay
             cols["geometry"][i] = json.dumps(Geometry(shape=(h, w), box=(0, 0, h, w), size=p.image_size,
                                                       inner=inner).to_dict())
             cols["height"][i], cols["width"][i] = h, w
+        if squares:  # the squares for the overlays, in one copy to the host (one sync, not one per image)
+            host = torch.stack(list(squares.values())).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            for i, sq in zip(squares, host):
+                cols["pixels"][i] = sq.tobytes()
         ok = [i for i in ok if cols["status"][i] == "ok"]
         shipped = [i for i in ok if i not in squares]
         parts = {}
@@ -89,8 +93,7 @@ class BatchScorer:
             done = jpeg_batch.normalise(torch.stack([squares[i] for i in ok if i in squares]), p)
             parts.update(zip([i for i in ok if i in squares], done))
         if shipped:
-            parts.update(zip(shipped, self.batch_tensor([cols["pixels"][i] for i in shipped],
-                                                        p.image_size).to(dev)))
+            parts.update(zip(shipped, self.batch_tensor([cols["pixels"][i] for i in shipped], p.image_size)))
         x = torch.stack([parts[i] for i in ok]) if ok else None
         schema = table.schema
         for k, v in cols.items():
