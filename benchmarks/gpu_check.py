@@ -77,14 +77,14 @@ def _train_plain(args, gpu: bool) -> str:
         "train": {"epochs": 3 if gpu else 1, "batch_size": 32, "precision": "bf16", "channels_last": True,
                   "num_workers": 4 if gpu else 0, "device": "cuda" if gpu else "cpu"},
         "eval": {"bootstrap": 0}}])
-    run = os.path.join(args.out, "run")
+    run, t0 = os.path.join(args.out, "run"), time.perf_counter()
     res = train_run(cfg, run, log=lambda s: None)
     with open(os.path.join(run, "history.json")) as f:
         hist = json.load(f)
     warm = hist[1:] or hist  # the first epoch also decodes and caches the images
     rate = sum(h["train_images_per_s"] for h in warm) / len(warm)
     print(f"1. plain training, one split: ResNet18 at {cfg.preprocess.image_size} px, {cfg.train.epochs} epochs, "
-          f"bf16, channels_last, in {time.perf_counter() - T0:.0f}s; test AUC {res.metrics['auc']:.3f}; "
+          f"bf16, channels_last, in {time.perf_counter() - t0:.0f}s; test AUC {res.metrics['auc']:.3f}; "
           f"{rate:.0f} training img/s (epochs after the first)", flush=True)
     return run
 
@@ -111,7 +111,8 @@ def _screens(args, gpu: bool, n: int) -> list[str]:
 
 def _agreement(model: str, files: list[str], gpu: bool) -> dict:
     """3 (`--no-ray`). The score actor's outputs on `files` for each setting against the CPU
-    reference; -> {setting: (max |dp|, labels differing, least CAM r)}."""
+    reference; -> {setting: (max |dp|, labels differing, least CAM r, the differing labels' p and the
+    threshold)}."""
     import numpy as np
     import pyarrow as pa
 
@@ -174,8 +175,6 @@ def _no_ray(args, gpu: bool) -> None:
               f"{'ok' if ok else 'OUTSIDE TOLERANCE'}  {where}")
         print("AGREEMENT " + json.dumps({"setting": name, "max_dp": dp, "label_flips": flips, "min_cam_r": r, "ok": ok}))
 
-
-T0 = time.perf_counter()
 
 
 def main() -> None:
