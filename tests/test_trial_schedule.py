@@ -1,5 +1,6 @@
 """The experiment's trial order (cost model, longest first) and the elastic thread count:
-pure functions, checked against hand computations and Tune's own variant generator."""
+pure functions, checked against hand computations and Tune's own variant generator; and what a
+trial's processes import."""
 
 import pytest
 
@@ -68,3 +69,16 @@ def test_own_threads_are_whole_cpus_at_least_one():
 ])
 def test_elastic_threads(own, free, total, cap, expected):
     assert elastic_threads(own, free, total, cap) == expected
+
+
+def test_trial_processes_import_the_job_modules_without_the_statistics_stack():
+    # Each Tune trial driver (and the Train controller holding its loop) unpickles `_trial` or
+    # `_train_worker` by reference, so imports its module: pandas, scipy and sklearn cost ~1 s of
+    # CPU there on this machine, per process, while trials start side by side.
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport thyro.distributed.experiment, thyro.distributed.tune\n"
+            "print(sorted(m for m in ('pandas', 'scipy', 'sklearn', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -22,18 +22,17 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Callable
 
 from thyro.config import Config, config_to_dict
 from thyro.data import storage
-from thyro.data.inputs import read_parquet, write_parquet
 from thyro.distributed.common import (elastic_threads, job_setup, make_trainer, node_cpus_free, own_threads,
                                       trial_setup, worker_setup)
 from thyro.model import checkpoint
 from thyro.resume_guard import prepare_output
-from thyro.stats.metrics import METRIC_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXPERIMENT_NAME = "experiment"
 # "model/split" (e.g. "resnet18/1"), read by the driver: that trial's Train worker
@@ -75,7 +74,9 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from thyro.data.inputs import read_parquet
     from thyro.model.training import train_run
+    from thyro.stats.metrics import METRIC_NAMES
 
     cfg = Config.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -188,9 +189,11 @@ def _trial_errors(grid) -> dict[tuple[str, int], str]:
 def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) -> ExperimentResult:
     # Before Ray and before any write: Tune would restore the grid with the config it started with.
     prepare_output(cfg, out, "experiment", log)
+    import pandas as pd
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
 
+    from thyro.data.inputs import read_parquet, write_parquet
     from thyro.stats.report import write_report
     from thyro.stats.summary import collect_trials, mark_failed, summarize
 

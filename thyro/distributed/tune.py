@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
 import yaml
 
 from thyro.config import Config, config_to_dict, load_config
 from thyro.data import storage
-from thyro.data.inputs import read_parquet
 from thyro.distributed.common import job_setup, make_trainer, trial_setup, worker_setup
 from thyro.resume_guard import prepare_output
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRIC = "val_auc"
 
@@ -55,6 +56,7 @@ def search_space(cfg: Config) -> dict:
 def _search_worker(config: dict) -> None:
     import ray.train
 
+    from thyro.data.inputs import read_parquet
     from thyro.stats.validation import inner_cv_epochs, inner_folds
 
     cfg = Config.model_validate(config["cfg"])
@@ -93,10 +95,12 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     # The manifest and split table in `out` are reused, and tune_results.csv / best.yaml there
     # stand until this run ends: both must come from the config the folder names.
     prepare_output(cfg, out, "tune", log)
+    import pandas as pd
     import ray.tune
     from ray.tune import RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import ASHAScheduler
 
+    from thyro.data.inputs import read_parquet
     from thyro.stats.validation import inner_folds
 
     t0 = time.perf_counter()
