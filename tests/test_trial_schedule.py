@@ -72,9 +72,9 @@ def test_elastic_threads(own, free, total, cap, expected):
 
 
 def test_trial_processes_import_the_job_modules_without_the_statistics_stack():
-    # Each Tune trial driver (and the Train controller holding its loop) unpickles `_trial` or
-    # `_train_worker` by reference, so imports its module: pandas, scipy and sklearn cost ~1 s of
-    # CPU there on this machine, per process, while trials start side by side.
+    # Each Tune trial's driver process unpickles `_trial` (or `_search_trial`) by reference, so
+    # imports its module: pandas, scipy and sklearn cost ~1 s of CPU there on this machine, per
+    # trial, while trials start side by side. (Train's controller gets the loop as an object ref.)
     import subprocess
     import sys
 
