@@ -121,6 +121,7 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
     from thyro.data.sources import Item
     from thyro.model import score_stages, scoring
     from thyro.model.batch_scorer import BatchScorer
+    from thyro.model.score_plan import decode_on_actor
 
     cfg = load_config(None, [parse_override(x) for x in sets])
     s, n = cfg.score, len(files)
@@ -138,13 +139,19 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
         return min(times), r
 
     try:
-        datas = [open(f, "rb").read() for f in files]
-        out["decode"], decoded = best(lambda: [scoring.decode_for(x, f, p.preset) for f, x in zip(files, datas)])
-        out["preprocess + field"], rows = best(lambda: [r for f, x, d in zip(files, datas, decoded)
-                                                        for r in scoring.frame_rows(d, f, "", p.preset)])
-        out["read + hash + rows -> Arrow"] = best(lambda: score_stages.prepare_block(items, p.preset, s))[0] - \
-            out["decode"] - out["preprocess + field"]
-        prepped = score_stages.prepare_block(items, p.preset, s)
+        if decode_on_actor(s):
+            # The CPU tasks read, hash and parse the JPEG header; the actor (below) decodes, fits
+            # and normalises on its device. Inputs it cannot take are decoded here, inside this row.
+            out["read + hash + header (to actor)"], prepped = best(
+                lambda: score_stages.prepare_block(items, p.preset, s, on_actor=True))
+        else:
+            datas = [open(f, "rb").read() for f in files]
+            out["decode"], decoded = best(lambda: [scoring.decode_for(x, f, p.preset) for f, x in zip(files, datas)])
+            out["preprocess + field"], rows = best(lambda: [r for f, x, d in zip(files, datas, decoded)
+                                                            for r in scoring.frame_rows(d, f, "", p.preset)])
+            out["read + hash + rows -> Arrow"] = best(lambda: score_stages.prepare_block(items, p.preset, s))[0] - \
+                out["decode"] - out["preprocess + field"]
+            prepped = score_stages.prepare_block(items, p.preset, s)
     finally:
         torch.set_num_threads(threads)
     actor = BatchScorer(model, config_to_dict(cfg))

@@ -27,6 +27,8 @@ def test_gpu_check_without_ray_dry_run_scores_both_paths_and_agrees_with_the_cpu
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "decoded on the cpu:" in out.stdout and "decoded on the actor:" in out.stdout
+    # the actor path's stage table times the actor on JPEG bytes, not on squares decoded beforehand
+    assert out.stdout.count("read + hash + header (to actor)") == 1
     agreement = [json.loads(line.split(" ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("AGREEMENT ")]
     # on CPU the fp32 setting is the reference itself: identical; bf16 and the other decoder move p a little
     assert [a["setting"] for a in agreement] == ["cpu fp32, PIL decode", "cpu bf16, PIL decode",
