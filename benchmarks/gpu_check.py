@@ -36,28 +36,38 @@ import sys
 import time
 
 
-def _experiment(args, gpu: bool) -> str:
-    """1. The experiment smoke; -> the first split's run."""
+def _smoke_config(args, gpu: bool, train: dict, extra: dict):
+    """configs/smoke.yaml at the study's size on a GPU (508 phantom images, 224 px, 3 epochs), shrunk on CPU;
+    `train` and `extra` add what the step needs."""
     from thyro.config import load_config
-    from thyro.distributed.experiment import run_dir, run_experiment
 
-    splits = [0, 1, 2, 3] if gpu else [0, 1]
-    cfg = load_config("configs/smoke.yaml", [{
+    return load_config("configs/smoke.yaml", [{
         "data": {"phantom_dir": os.path.join(args.out, "phantom"),
                  "phantom": {"n_benign": 415, "n_malignant": 93, "size": 256} if gpu else {}},
         "preprocess": {"image_size": 224 if gpu else 64},
-        "train": {"epochs": 3 if gpu else 1, "batch_size": 32, "precision": "bf16", "channels_last": True,
-                  "num_workers": 2 if gpu else 0},
+        "train": {"epochs": 3 if gpu else 1, "batch_size": 32, "precision": "bf16", "channels_last": True, **train},
+        **extra}])
+
+
+def _training_rate(run: str) -> float:
+    """A run's training img/s over its epochs after the first (which also decodes and caches the images)."""
+    with open(os.path.join(run, "history.json")) as f:
+        hist = json.load(f)
+    warm = hist[1:] or hist
+    return sum(h["train_images_per_s"] for h in warm) / len(warm)
+
+
+def _experiment(args, gpu: bool) -> str:
+    """1. The experiment smoke; -> the first split's run."""
+    from thyro.distributed.experiment import run_dir, run_experiment
+
+    splits = [0, 1, 2, 3] if gpu else [0, 1]
+    cfg = _smoke_config(args, gpu, {"num_workers": 2 if gpu else 0}, {
         "experiment": {"models": ["resnet18"], "splits": splits, "cam_size": 56 if gpu else 16},
         "ray": {"use_gpu": gpu, "gpus_per_worker": 0.25, "cpus_per_worker": 3 if gpu else 0.49,
-                "max_concurrent_trials": 4 if gpu else 2}}])
+                "max_concurrent_trials": 4 if gpu else 2}})
     res = run_experiment(cfg, os.path.join(args.out, "experiment"), log=lambda s: None)
-    per_trial = []
-    for s in splits:
-        with open(os.path.join(run_dir(res.out, "resnet18", s), "history.json")) as f:
-            hist = json.load(f)
-        warm = hist[1:] or hist  # the first epoch also decodes and caches the images
-        per_trial.append(sum(h["train_images_per_s"] for h in warm) / len(warm))
+    per_trial = [_training_rate(run_dir(res.out, "resnet18", s)) for s in splits]
     print(f"1. experiment smoke: {len(splits)} ResNet18 trials at {cfg.preprocess.image_size} px, "
           f"{cfg.train.epochs} epochs, in {res.seconds:.0f}s; AUC {res.summary.auc_mean.iloc[0]:.3f}")
     print(f"   training img/s per trial (epochs after the first): {', '.join(f'{v:.0f}' for v in per_trial)}; "
@@ -67,22 +77,13 @@ def _experiment(args, gpu: bool) -> str:
 
 def _train_plain(args, gpu: bool) -> str:
     """1 (`--no-ray`). One split trained in this process; -> its run."""
-    from thyro.config import load_config
     from thyro.model.training import train_run
 
-    cfg = load_config("configs/smoke.yaml", [{
-        "data": {"phantom_dir": os.path.join(args.out, "phantom"),
-                 "phantom": {"n_benign": 415, "n_malignant": 93, "size": 256} if gpu else {}},
-        "preprocess": {"image_size": 224 if gpu else 64},
-        "train": {"epochs": 3 if gpu else 1, "batch_size": 32, "precision": "bf16", "channels_last": True,
-                  "num_workers": 4 if gpu else 0, "device": "cuda" if gpu else "cpu"},
-        "eval": {"bootstrap": 0}}])
+    cfg = _smoke_config(args, gpu, {"num_workers": 4 if gpu else 0, "device": "cuda" if gpu else "cpu"},
+                        {"eval": {"bootstrap": 0}})
     run, t0 = os.path.join(args.out, "run"), time.perf_counter()
     res = train_run(cfg, run, log=lambda s: None)
-    with open(os.path.join(run, "history.json")) as f:
-        hist = json.load(f)
-    warm = hist[1:] or hist  # the first epoch also decodes and caches the images
-    rate = sum(h["train_images_per_s"] for h in warm) / len(warm)
+    rate = _training_rate(run)
     print(f"1. plain training, one split: ResNet18 at {cfg.preprocess.image_size} px, {cfg.train.epochs} epochs, "
           f"bf16, channels_last, in {time.perf_counter() - t0:.0f}s; test AUC {res.metrics['auc']:.3f}; "
           f"{rate:.0f} training img/s (epochs after the first)", flush=True)
@@ -123,25 +124,28 @@ def _agreement(model: str, files: list[str], gpu: bool) -> dict:
     from thyro.model.score_plan import decode_on_actor
     from thyro.model.score_stages import prepare_block
 
-    preset = Preset.from_dict(load_card(model)["inputs"]["preprocessing"])
+    card = load_card(model)
+    preset = Preset.from_dict(card["inputs"]["preprocessing"])
     items = pa.Table.from_pylist([{"input_uri": f, "data": None, "error": None} for f in files])
     dev = "cuda" if gpu else "cpu"
     settings = {"cpu fp32, PIL decode (reference)": ("cpu", "fp32", "cpu"),
                 f"{dev} fp32, PIL decode": (dev, "fp32", "cpu"),
                 f"{dev} bf16, PIL decode": (dev, "bf16", "cpu"),
                 f"{dev} bf16, JPEG decoded on the actor": (dev, "bf16", "actor")}
-    outs = {}
+    outs, prepared = {}, {}
     for name, (device, precision, where) in settings.items():
         cfg = load_config(None, [{"score": {"device": device, "precision": precision, "decode_on": where,
                                             "batch_size": 32, "cam_size": 56}}])
         scorer = BatchScorer(model, config_to_dict(cfg))
-        rows = prepare_block(items, preset, cfg.score, set(), decode_on_actor(cfg.score))
+        if where not in prepared:  # the CPU tasks' rows depend on where JPEGs decode, nothing else here
+            prepared[where] = prepare_block(items, preset, cfg.score, set(), decode_on_actor(cfg.score))
+        rows = prepared[where]
         t = pa.concat_tables([scorer(rows.slice(i, 32)) for i in range(0, rows.num_rows, 32)])
         assert t.column("status").to_pylist() == ["ok"] * len(files), t.column("error").to_pylist()
         cams = np.stack([np.frombuffer(b, np.float16).astype(np.float64) for b in t.column("cam").to_pylist()])
         outs[name] = (np.asarray(t.column("prob_malignant").to_pylist()), np.asarray(t.column("label").to_pylist()), cams)
     ref_p, ref_label, ref_cam = outs.pop("cpu fp32, PIL decode (reference)")
-    threshold = load_card(model)["outputs"]["threshold"]
+    threshold = card["outputs"]["threshold"]
     result = {}
     for name, (p, label, cam) in outs.items():
         r = [np.corrcoef(a, b)[0, 1] for a, b in zip(ref_cam, cam) if a.std() > 0 and b.std() > 0]

@@ -82,16 +82,17 @@ class BatchScorer:
             cols["geometry"][i] = json.dumps(Geometry(shape=(h, w), box=(0, 0, h, w), size=p.image_size,
                                                       inner=inner).to_dict())
             cols["height"][i], cols["width"][i] = h, w
+        # every decoded row stays ok, in `ok`'s order: one stack serves the overlays and the batch
+        stacked = torch.stack(list(squares.values())) if squares else None
         if squares:  # the squares for the overlays, in one copy to the host (one sync, not one per image)
-            host = torch.stack(list(squares.values())).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            host = stacked.permute(0, 2, 3, 1).contiguous().cpu().numpy()
             for i, sq in zip(squares, host):
                 cols["pixels"][i] = sq.tobytes()
         ok = [i for i in ok if cols["status"][i] == "ok"]
         shipped = [i for i in ok if i not in squares]
         parts = {}
         if squares:
-            done = jpeg_batch.normalise(torch.stack([squares[i] for i in ok if i in squares]), p)
-            parts.update(zip([i for i in ok if i in squares], done))
+            parts.update(zip(squares, jpeg_batch.normalise(stacked, p)))
         if shipped:
             parts.update(zip(shipped, self.batch_tensor([cols["pixels"][i] for i in shipped], p.image_size)))
         x = torch.stack([parts[i] for i in ok]) if ok else None
