@@ -76,3 +76,49 @@ def test_fixed_target_gives_the_same_class_for_every_image():
     with GradCAM(model, cam_layer(model, "alexnet")) as cam:
         out = cam(torch.randn(3, 3, 96, 96), target=1)
     assert out.targets.tolist() == [1, 1, 1]
+
+
+def test_layers_below_the_target_record_no_graph():
+    """The map needs gradients from the target layer up only: the layers below run without
+    autograd (no activations kept for a backward pass), and the caller's grad mode is restored."""
+    model = build_model("resnet18").eval()
+    seen = {}
+    h1 = model.conv1.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", o.requires_grad))
+    h2 = model.fc.register_forward_hook(lambda m, i, o: seen.__setitem__("head", o.requires_grad))
+    for caller_grad in (True, False):
+        with torch.set_grad_enabled(caller_grad), GradCAM(model, cam_layer(model, "resnet18")) as cam:
+            cam(torch.randn(2, 3, 64, 64), target=1)
+            assert torch.is_grad_enabled() == caller_grad
+        assert seen == {"stem": False, "head": True}
+    h1.remove(), h2.remove()
+
+
+def _recorded_cam(model, layer, x, target: int) -> torch.Tensor:
+    """Grad-CAM over a fully recorded forward pass (autograd on from the input): the reference."""
+    import torch.nn.functional as F
+
+    from thyro.explain.cam import _minmax, log_odds
+
+    acts = {}
+    h = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    with torch.enable_grad():
+        logits = model(x)
+        (g,) = torch.autograd.grad(log_odds(logits, torch.full((len(x),), target)).sum(), acts["a"])
+    h.remove()
+    cam = _minmax(F.relu((g.mean((2, 3), keepdim=True) * acts["a"].detach()).sum(1)))
+    return _minmax(F.relu(F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]))
+
+
+def test_inplace_op_after_the_target_layer_matches_a_fully_recorded_pass():
+    """VGG's last conv is followed by ReLU(inplace=True): the captured activations must stay a
+    tensor that op may change (not a leaf), with the same map as when everything is recorded."""
+    torch.manual_seed(5)
+    model = build_model("vgg16").eval()
+    layer = model.get_submodule("features.28")
+    assert isinstance(model.features[29], torch.nn.ReLU) and model.features[29].inplace
+    x = torch.randn(2, 3, 64, 64)
+    with GradCAM(model, layer) as cam:
+        ours = cam(x, target=1).cams
+    ref = _recorded_cam(model, layer, x, 1)
+    assert ref.amax((1, 2)).min() > 0.99
+    assert torch.allclose(ours, ref, atol=1e-6)

