@@ -6,7 +6,9 @@
         --format jpeg --preset study        # the issue-11 figures: 640x480 JPEG screens
 
 Prints a per-stage table (core-ms per image of each stage, on the pipeline's own
-functions, one thread) and the ceiling it sets on this machine's cores, and images/s of
+functions, one thread) and the ceiling it sets on this machine's cores (and, where the
+pool fuses the stages, the ceiling of the fused actor's whole call, measured: the stages
+plus what lies between them), and images/s of
   (a) the bare predictor: forward + Grad-CAM on preloaded tensors (the limit);
   (b) the full pipeline end to end (Ray Data: discover, read, decode, predict,
       CAM, shape features, overlays as `--set score.overlays=...` says, Parquet);
@@ -175,7 +177,45 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
         torch.set_num_threads(threads)
     ms = {k: v * 1000 / n for k, v in out.items()}
     ms_model = actor_wall * 1000 / n * actor_threads
-    return {"non_model": ms, "actor": ms_model, "actor_threads": actor_threads, "bare": model_core_ms}
+    return {"non_model": ms, "actor": ms_model, "actor_threads": actor_threads, "bare": model_core_ms,
+            "block": _fused_block_ms(model, files, cfg, p.preset, tmp)}
+
+
+def _fused_block_ms(model: str, files: list[str], cfg, preset, tmp: str) -> float | None:
+    """Core-ms per image of the fused actor's own call (`FusedScorer`: prepare, score and finish a
+    block of `block_batches` x `batch_size` items, one thread): the stages above plus what lies
+    between them (Arrow slicing and concatenation, per-block set-up), which their sum leaves out.
+    None where this machine's pool would not fuse the stages."""
+    import pyarrow as pa
+    import torch
+
+    from thyro.config import config_to_dict
+    from thyro.model.batch_scorer import FusedScorer
+    from thyro.model.score_plan import pool_plan
+
+    s = cfg.score
+    cores = os.cpu_count() or 1
+    if not pool_plan(s, cores, 0, cores).fused:
+        return None
+    args = {"output": os.path.join(tmp, "fused"), "overlays": s.overlays, "region": cfg.cam.region_threshold,
+            "preset": preset.to_dict(), "cam_size": s.cam_size, "overlay_format": s.overlay_format,
+            "overlay_quality": s.overlay_quality, "overlay_max_side": s.overlay_max_side, "path_map_uri": None}
+    threads = torch.get_num_threads()
+    try:
+        actor = FusedScorer(model, config_to_dict(cfg.model_copy(update={"score": s.model_copy(update={"threads": 1})})),
+                            preset.to_dict(), set(), args)
+        items = pa.Table.from_pylist([{"input_uri": f, "data": None, "error": None} for f in files])
+        block = s.block_batches * s.batch_size
+        actor(items.slice(0, block))  # warm-up
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            for i in range(0, len(files), block):
+                actor(items.slice(i, block))
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return best * 1000 / len(files)
 
 
 def _ends(args, p, model, files, archive, sets, tmp):
@@ -263,6 +303,7 @@ def main() -> None:
         st = _stages(p, model, files[:args.sample], sets, tmp, cores * 1000 / a)
         non_model = sum(st["non_model"].values())
         ceiling = cores * 1000 / (st["actor"] + non_model)
+        ceiling_block = cores * 1000 / st["block"] if st["block"] else None
 
         if not args.stages_only:
             c, one, big = _ends(args, p, model, files, archive, sets, tmp)
@@ -276,6 +317,9 @@ def main() -> None:
         print(f"  {'forward + CAM, actor':34s} {st['actor']:7.2f}   ({st['actor_threads']} threads x wall; "
               f"bare predictor {st['bare']:.2f})")
         print(f"ceiling on {cores} cores, model stage + non-model stages: {ceiling:7.1f} img/s")
+        if ceiling_block:
+            print(f"  fused actor's whole call, measured  {st['block']:7.2f} core-ms per image (one thread; the "
+                  f"stages' sum is {st['actor'] + non_model:.2f}): ceiling {ceiling_block:.1f} img/s")
         print(f"(a) bare predictor, forward + CAM : {a:7.1f} img/s")
         if args.stages_only:
             print(f"(d) pytorch-grad-cam, same batches: {d:7.1f} img/s; a/d = {a / d:.2f}")
@@ -289,15 +333,16 @@ def main() -> None:
             marginal = args.n * (args.scale - 1) / (big["seconds"] - one["seconds"])
             print(f"(b') marginal rate, {args.n} -> {args.n * args.scale} images: {marginal:7.1f} img/s "
                   f"({big['seconds']:.1f}s - {one['seconds']:.1f}s; b'/a = {marginal / a:.2f}, "
-                  f"b'/ceiling = {marginal / ceiling:.2f}): the fixed costs (actor start, first and last "
-                  f"block, per-file rows) left out")
+                  f"b'/ceiling = {marginal / ceiling:.2f}"
+                  + (f", b'/measured-call ceiling = {marginal / ceiling_block:.2f}" if ceiling_block else "")
+                  + "): the fixed costs (actor start, first and last block, per-file rows) left out")
         print(f"(c) naive per-image loop          : {c:7.1f} img/s")
         print(f"(d) pytorch-grad-cam, same batches: {d:7.1f} img/s")
         print(f"b/ceiling = {b / ceiling:.2f} (>= 0.9)   b/a = {b / a:.2f} (>= 0.6 on 2 cores)   "
               f"b/c = {b / c:.2f}   a/d = {a / d:.2f} (>= 1.5)")
         print(f"driver peak RSS: {one['rss_mb']:.0f} MB at {args.n} images, {big['rss_mb']:.0f} MB at "
               f"{args.n * args.scale}: ratio {big['rss_mb'] / one['rss_mb']:.2f} (<= 1.2)")
-        print("RESULT " + json.dumps({"a": a, "b": b, "c": c, "d": d, "ceiling": ceiling, "non_model_ms": non_model, "b_marginal": marginal,
+        print("RESULT " + json.dumps({"a": a, "b": b, "c": c, "d": d, "ceiling": ceiling, "ceiling_block": ceiling_block, "non_model_ms": non_model, "b_marginal": marginal,
                                       "rss_ratio": big["rss_mb"] / one["rss_mb"], "device": str(p.device)}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,8 +7,8 @@ The layers below the target run without autograd: the map needs no gradient
 there, so they keep no activations for a backward pass and take the inference
 kernels (max-pool without indices); the graph starts at the target's output.
 Same numbers as a fully recorded pass (bit-identical for the four models, fp32
-and bf16); ResNet18 on one CPU thread, batch 32: 128 px fp32 11.0-11.6 -> 10.2-10.7
-ms per image, 224 px bf16 channels_last 10.0-10.2 -> 9.7-10.0.
+and bf16); ResNet18 on one CPU thread, batch 32, two runs: 128 px fp32 11.0-12.2 ->
+10.2-10.7 ms per image, 224 px bf16 channels_last 10.0-10.8 -> 9.5-10.0.
 Hooks live only inside the `GradCAM` context manager.
 
 The score is the target's log-odds, z_t - logsumexp(z_others) (for two classes
