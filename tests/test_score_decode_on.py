@@ -114,3 +114,44 @@ def test_a_broken_jpeg_is_an_error_row_not_a_failed_batch(blocks):
     assert cpu["mem://broken.jpg"]["status"] == "error"
     assert act["mem://broken.jpg"]["status"] == "error" and act["mem://broken.jpg"]["error"]
     assert sum(r["status"] == "ok" for r in act.values()) == len(act) - 1
+
+
+def _dual_screen() -> np.ndarray:
+    """A dual-pane screen (853 x 480): two fans side by side whose bottom corners come within
+    24 px of each other, speckle inside, a line of text above and a caliper label across the gap.
+    Squashed onto a 128 px square the label bridges the ~3 px gap and detection there merges the
+    fans into one hull (IoU 0.74 with the CPU path's field); the working copy keeps them apart."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    h, w = 480, 853
+    mask = np.zeros((h, w), np.uint8)
+    for cx in (233, 619):
+        cv2.fillPoly(mask, [np.array([[cx - 40, 60], [cx + 40, 60], [cx + 181, 440], [cx - 181, 440]], np.int32)], 1)
+    img = np.where(mask > 0, rng.integers(40, 200, (h, w)), 0).astype(np.uint8)
+    cv2.putText(img, "THYROID L 12MHz", (20, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)
+    cv2.putText(img, "D1 2.65 cm", (370, 425), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 255, 2)
+    return np.repeat(img[..., None], 3, axis=2)
+
+
+def test_actor_field_keeps_the_panes_of_a_dual_screen_apart():
+    """cam_in_field's field on the actor path (found by the CPU tasks on the grey copy the actor
+    ships) is the CPU path's field, and the space between the two fans is not part of it."""
+    from thyro.data import jpeg_batch
+    from thyro.image.field import working_shape
+    from thyro.image.preprocess import crop_field
+    from thyro.image.transforms import Preset
+    from thyro.model.predictor import field_mask_from_view, field_mask_on_input
+
+    data = _jpeg(_dual_screen())
+    p = Preset("study", image_size=128)
+    cpu_img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    crop = crop_field(cpu_img, p)[0]
+    cpu = field_mask_on_input(crop, p, cpu_img)
+    img = jpeg_batch.decode_batch([data], "cpu")[0]
+    view = jpeg_batch.field_view(img).numpy()
+    assert view.shape == working_shape(480, 853)
+    actor = field_mask_from_view(view, crop.geometry(p))
+    assert (actor & cpu).sum() / (actor | cpu).sum() > 0.97
+    # between the fans, halfway down the field (x 426 of 853, y 250 of 480) on the model's square
+    assert not cpu[66, 64] and not actor[66, 64]

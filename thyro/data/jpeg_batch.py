@@ -5,9 +5,11 @@ CUDA, libjpeg-turbo on CPU: one code path, the device is a parameter), fits each
 the input square as the preset says and returns uint8 squares; the CPU beside it only reads
 bytes and writes results, so a GPU never waits on a 2-core host. Plain torch.
 
-Only what needs no field detection takes this path (`eligible`): a JPEG, upright (EXIF
-orientation 1: nvjpeg does not rotate), scored whole (`preset.field == "none"`). Everything
-else is decoded and cropped on the CPU (`thyro.model.scoring.prepare`).
+Only what needs no field detection to crop takes this path (`eligible`): a JPEG, upright
+(EXIF orientation 1: nvjpeg does not rotate), scored whole (`preset.field == "none"`). Everything
+else is decoded and cropped on the CPU (`thyro.model.scoring.prepare`). The field that
+`cam_in_field` measures against is found by the CPU tasks after the actor, on a small grey
+copy the actor makes (`field_view`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,22 @@ def to_square(img: torch.Tensor, p: Preset) -> tuple[torch.Tensor, Box]:
     out = torch.zeros((3, S, S), dtype=torch.uint8, device=img.device)
     out[:, y0:y1, x0:x1] = x[0].round().clamp(0, 255).to(torch.uint8)
     return out, inner
+
+
+def field_view(img: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) uint8 picture -> the grey working copy scan-field detection runs on
+    (`thyro.image.field.working_shape`: long side 256, aspect kept), uint8 on the picture's device:
+    cv2's RGB -> grey weights, then area averaging as cv2's INTER_AREA. A few KB to ship to the CPU
+    tasks, which find the field on it (`thyro.model.predictor.field_mask_from_view`); on the model's
+    squashed square the gap between the panes of a dual screen closes and they merge."""
+    from thyro.image.field import working_shape
+
+    w = torch.tensor((0.299, 0.587, 0.114), device=img.device).view(3, 1, 1)
+    grey = (img.float() * w).sum(0).round()
+    size = working_shape(int(img.shape[1]), int(img.shape[2]))
+    if size != tuple(grey.shape):
+        grey = F.interpolate(grey[None, None], size=size, mode="area")[0, 0]
+    return grey.round().clamp(0, 255).to(torch.uint8)
 
 
 def normalise(squares: torch.Tensor, p: Preset) -> torch.Tensor:

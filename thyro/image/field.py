@@ -129,6 +129,13 @@ def _merge_overlapping(parts: list[np.ndarray], shape) -> list[np.ndarray]:
     return [np.concatenate([p for p, g in zip(parts, group) if g == k]) for k in sorted(set(group))]
 
 
+def working_shape(h: int, w: int) -> tuple[int, int]:
+    """(h, w) of the grey working copy `detect_fields` makes of an h x w image (long side at most
+    WORK_SIDE). An image already this small is used as it is, so a caller may hand over the copy."""
+    scale = min(1.0, WORK_SIDE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def detect_fields(img: np.ndarray, min_area_frac: float = 0.04) -> list[Field]:
     """The scan field(s) of a screen image, in reading order (rows top to bottom, left to right).
 
@@ -139,9 +146,8 @@ def detect_fields(img: np.ndarray, min_area_frac: float = 0.04) -> list[Field]:
     """
     grey = _check_image(img)
     h, w = grey.shape
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = cv2.resize(grey, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else grey
+    sh, sw = working_shape(h, w)
+    small = cv2.resize(grey, (sw, sh), interpolation=cv2.INTER_AREA) if (sh, sw) != (h, w) else grey
     n, labels, stats, _ = cv2.connectedComponentsWithStats(_content(small), connectivity=8)
     parts = []
     for i in range(1, n):

@@ -68,26 +68,34 @@ class BatchScorer:
         from thyro.image.geometry import Geometry
 
         p, dev = self.p.preset, self.p.device
-        cols = {k: table.column(k).to_pylist() for k in ("status", "error", "pixels", "geometry", "height", "width")}
+        cols = {k: table.column(k).to_pylist()
+                for k in ("status", "error", "pixels", "geometry", "height", "width", "field_view")}
         jpeg = table.column("jpeg").to_pylist()
         here = [i for i in ok if jpeg[i] is not None]
-        squares = {}
+        squares, views = {}, {}
         for i, img in zip(here, jpeg_batch.decode_batch([jpeg[i] for i in here], dev) if here else []):
             if isinstance(img, Exception):
                 cols["status"][i], cols["error"][i] = "error", f"cannot decode image: {img}"
                 continue
             sq, inner = jpeg_batch.to_square(img, p)
             squares[i] = sq
+            views[i] = jpeg_batch.field_view(img)
             h, w = int(img.shape[1]), int(img.shape[2])
             cols["geometry"][i] = json.dumps(Geometry(shape=(h, w), box=(0, 0, h, w), size=p.image_size,
                                                       inner=inner).to_dict())
             cols["height"][i], cols["width"][i] = h, w
         # every decoded row stays ok, in `ok`'s order: one stack serves the overlays and the batch
         stacked = torch.stack(list(squares.values())) if squares else None
-        if squares:  # the squares for the overlays, in one copy to the host (one sync, not one per image)
-            host = stacked.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            for i, sq in zip(squares, host):
-                cols["pixels"][i] = sq.tobytes()
+        if squares:  # the squares for the overlays and the field views, in one copy to the host (one sync)
+            flat = torch.cat([stacked.permute(0, 2, 3, 1).reshape(-1), *(v.reshape(-1) for v in views.values())])
+            host = flat.cpu().numpy()
+            n_sq = stacked[0].numel()
+            for k, i in enumerate(squares):
+                cols["pixels"][i] = host[k * n_sq:(k + 1) * n_sq].tobytes()
+            at = len(squares) * n_sq
+            for i, v in views.items():
+                cols["field_view"][i] = host[at:at + v.numel()].tobytes()
+                at += v.numel()
         ok = [i for i in ok if cols["status"][i] == "ok"]
         shipped = [i for i in ok if i not in squares]
         parts = {}

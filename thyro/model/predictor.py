@@ -40,6 +40,15 @@ def field_mask_on_input(c: Cropped, p: Preset, original: np.ndarray | None = Non
     return original_mask_to_model(union_mask(fields, original.shape[:2]), g)
 
 
+def field_mask_from_view(view: np.ndarray, g: Geometry) -> np.ndarray:
+    """The scan field on the model's square input, found on `view`: a grey working copy of the
+    whole image g maps from (`thyro.data.jpeg_batch.field_view`, `field.working_shape`), which
+    `detect_fields` takes as it is. What `field_mask_on_input` gives for an uncropped input."""
+    from thyro.image.field import detect_fields, union_mask
+
+    return original_mask_to_model(union_mask(detect_fields(view), view.shape), g.at_shape(view.shape))
+
+
 def cam_in_field(cam_model: np.ndarray, field_model: np.ndarray) -> float:
     """Share of a model-space map's mass inside the field (NaN for an all-zero map)."""
     cam = np.asarray(cam_model, np.float64)

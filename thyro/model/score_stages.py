@@ -32,7 +32,8 @@ def _prep_schema():
                       ("sha256", s), ("status", s), ("error", s), ("pixels", pa.binary()), ("width", i64),
                       ("height", i64), ("geometry", s), ("field_model", pa.binary()),
                       ("mm_per_pixel_y", f64), ("mm_per_pixel_x", f64), ("decode_ms", f64),
-                      ("jpeg", pa.binary())])  # score.decode_on actor: the file, for the actor to decode
+                      ("jpeg", pa.binary()),   # score.decode_on actor: the file, for the actor to decode,
+                      ("field_view", pa.binary())])  # and the grey copy it makes, to find the field on
 
 
 def _py(v):
@@ -130,11 +131,12 @@ def finish_features(batch, region: float, cam_size: int) -> tuple[dict, list]:
         if batch["field_model"][i] is not None:
             field = np.unpackbits(np.frombuffer(batch["field_model"][i], np.uint8))[:g.size * g.size]
             field = field.reshape(g.size, g.size).astype(bool)
-        else:  # decoded by the actor: the field is found on the square the model saw
-            from thyro.image.field import detect_fields, union_mask
+        else:  # decoded by the actor: the field is found here, on the grey copy it made of the whole image
+            from thyro.image.field import working_shape
+            from thyro.model.predictor import field_mask_from_view
 
-            square = np.frombuffer(batch["pixels"][i], np.uint8).reshape(g.size, g.size, 3)
-            field = union_mask(detect_fields(square), (g.size, g.size))
+            vh, vw = working_shape(*g.shape)
+            field = field_mask_from_view(np.frombuffer(batch["field_view"][i], np.uint8).reshape(vh, vw), g)
         extra["cam_in_field"][i] = cam_in_field(cam_model, field)
         cam = model_map_to_crop(cam_model, g, cam_size)
         extra["cam"][i] = cam.astype(np.float16).tobytes()
