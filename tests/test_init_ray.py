@@ -19,7 +19,8 @@ init_ray(load_config(None, [{"storage": {"endpoint_url": "http://127.0.0.1:9"}}]
 
 @ray.remote(num_cpus=0)
 def seen():
-    return {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")}
+    return {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                                           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
 
 print(json.dumps({"job_env": dict(ray.get_runtime_context().runtime_env), "worker": ray.get(seen.remote())}))
 ray.shutdown()
@@ -42,4 +43,6 @@ def test_a_cluster_the_job_starts_gives_its_workers_the_env_without_a_runtime_en
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["job_env"] == {}  # the started-here path: workers inherit, none are started for an env
     interval = env.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # ray_env's default unless set
-    assert got["worker"] == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}
+    watcher = env.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # off on a one-node cluster of the job's own
+    assert got["worker"] == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval,
+                             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": watcher}
