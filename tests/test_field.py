@@ -176,3 +176,16 @@ def test_busi_scans_are_mostly_field():
         fields = detect_fields(img)
         assert len(fields) == 1 and fields[0].source == "image", name
         assert fields[0].area_frac >= 0.8, name
+
+
+def test_histogram_percentile_is_numpys():
+    """The working copy's background level: numpy's linear percentile, the same float, from a histogram."""
+    from thyro.image.field import percentile_u8
+
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        h, w = rng.integers(1, 200, 2)
+        a = rng.integers(0, rng.integers(1, 257), (h, w)).astype(np.uint8)
+        a[: rng.integers(0, h + 1)] = rng.integers(0, 3)  # a dark border of some height, as screens have
+        for q in (0.0, 0.5, 1.0, 37.3, 50.0, 99.5, 100.0):
+            assert percentile_u8(a, q) == np.percentile(a, q), (a.shape, q)
