@@ -336,6 +336,8 @@ def main() -> None:
                   f"b'/ceiling = {marginal / ceiling:.2f}"
                   + (f", b'/measured-call ceiling = {marginal / ceiling_block:.2f}" if ceiling_block else "")
                   + "): the fixed costs (actor start, first and last block, per-file rows) left out")
+            print(f"     fixed cost of a run, t(n) - n / b': {one['seconds'] - args.n / marginal:.1f}s of the "
+                  f"{one['seconds']:.1f}s at {args.n} images")
         print(f"(c) naive per-image loop          : {c:7.1f} img/s")
         print(f"(d) pytorch-grad-cam, same batches: {d:7.1f} img/s")
         print(f"b/ceiling = {b / ceiling:.2f} (>= 0.9)   b/a = {b / a:.2f} (>= 0.6 on 2 cores)   "
