@@ -91,6 +91,7 @@ def _train_plain(args, gpu: bool) -> str:
 
 
 P_TOL, CAM_R_MIN = 0.05, 0.9  # what step 3 calls agreement: bf16 and another JPEG decoder may move this much
+CIF_TOL = 0.05  # cam_in_field: the map moves a little, and the actor path finds the field on its own grey copy
 
 
 def _screens(args, gpu: bool, n: int) -> list[str]:
@@ -113,7 +114,7 @@ def _screens(args, gpu: bool, n: int) -> list[str]:
 def _agreement(model: str, files: list[str], gpu: bool) -> dict:
     """3 (`--no-ray`). The score actor's outputs on `files` for each setting against the CPU
     reference; -> {setting: (max |dp|, labels differing, least CAM r, the differing labels' p and the
-    threshold)}."""
+    threshold, max |d cam_in_field|)}."""
     import numpy as np
     import pyarrow as pa
 
@@ -122,7 +123,7 @@ def _agreement(model: str, files: list[str], gpu: bool) -> dict:
     from thyro.model.batch_scorer import BatchScorer
     from thyro.model.checkpoint import load_card
     from thyro.model.score_plan import decode_on_actor
-    from thyro.model.score_stages import prepare_block
+    from thyro.model.score_stages import finish_features, prepare_block
 
     card = load_card(model)
     preset = Preset.from_dict(card["inputs"]["preprocessing"])
@@ -143,16 +144,20 @@ def _agreement(model: str, files: list[str], gpu: bool) -> dict:
         t = pa.concat_tables([scorer(rows.slice(i, 32)) for i in range(0, rows.num_rows, 32)])
         assert t.column("status").to_pylist() == ["ok"] * len(files), t.column("error").to_pylist()
         cams = np.stack([np.frombuffer(b, np.float16).astype(np.float64) for b in t.column("cam").to_pylist()])
-        outs[name] = (np.asarray(t.column("prob_malignant").to_pylist()), np.asarray(t.column("label").to_pylist()), cams)
-    ref_p, ref_label, ref_cam = outs.pop("cpu fp32, PIL decode (reference)")
+        cif = np.asarray([np.nan if v is None else v for v in finish_features(t, 0.5, 56)[0]["cam_in_field"]], float)
+        outs[name] = (np.asarray(t.column("prob_malignant").to_pylist()), np.asarray(t.column("label").to_pylist()),
+                      cams, cif)
+    ref_p, ref_label, ref_cam, ref_cif = outs.pop("cpu fp32, PIL decode (reference)")
     threshold = card["outputs"]["threshold"]
     result = {}
-    for name, (p, label, cam) in outs.items():
+    for name, (p, label, cam, cif) in outs.items():
         r = [np.corrcoef(a, b)[0, 1] for a, b in zip(ref_cam, cam) if a.std() > 0 and b.std() > 0]
         # a label can flip on a tiny |dp| only where p lies on the threshold: show where
         flips = [f"p {ref_p[i]:.9g} -> {p[i]:.9g}" for i in np.flatnonzero(label != ref_label)]
+        both = ~(np.isnan(cif) | np.isnan(ref_cif))  # an all-zero map has no cam_in_field
         result[name] = (float(np.abs(p - ref_p).max()), len(flips), float(min(r)) if r else float("nan"),
-                        f"threshold {threshold!r}: {'; '.join(flips[:3])}" if flips else "")
+                        f"threshold {threshold!r}: {'; '.join(flips[:3])}" if flips else "",
+                        float(np.abs(cif - ref_cif)[both].max()) if both.any() else float("nan"))
     return result
 
 
@@ -172,12 +177,13 @@ def _no_ray(args, gpu: bool) -> None:
             sys.exit(f"gpu_check: the score benchmark failed:\n{run.stderr[-3000:]}")
     files = _screens(args, gpu, 96 if gpu else 16)
     print(f"3. agreement with the CPU reference on {len(files)} JPEG screens (tolerance: |dp| <= {P_TOL}, "
-          f"CAM r >= {CAM_R_MIN}):", flush=True)
-    for name, (dp, flips, r, where) in _agreement(model, files, gpu).items():
-        ok = dp <= P_TOL and not r < CAM_R_MIN
+          f"CAM r >= {CAM_R_MIN}, |d cam_in_field| <= {CIF_TOL}):", flush=True)
+    for name, (dp, flips, r, where, dcif) in _agreement(model, files, gpu).items():
+        ok = dp <= P_TOL and not r < CAM_R_MIN and not dcif > CIF_TOL
         print(f"   {name:40s} max |dp| {dp:.2g}  labels differing {flips}  least CAM r {r:.4f}  "
-              f"{'ok' if ok else 'OUTSIDE TOLERANCE'}  {where}")
-        print("AGREEMENT " + json.dumps({"setting": name, "max_dp": dp, "label_flips": flips, "min_cam_r": r, "ok": ok}))
+              f"max |d cam_in_field| {dcif:.3f}  {'ok' if ok else 'OUTSIDE TOLERANCE'}  {where}")
+        print("AGREEMENT " + json.dumps({"setting": name, "max_dp": dp, "label_flips": flips, "min_cam_r": r,
+                                         "max_d_cam_in_field": dcif, "ok": ok}))
 
 
 

@@ -34,4 +34,5 @@ def test_gpu_check_without_ray_dry_run_scores_both_paths_and_agrees_with_the_cpu
     assert [a["setting"] for a in agreement] == ["cpu fp32, PIL decode", "cpu bf16, PIL decode",
                                                  "cpu bf16, JPEG decoded on the actor"]
     assert agreement[0]["max_dp"] == 0 and agreement[0]["label_flips"] == 0
+    assert not agreement[0]["max_d_cam_in_field"] > 0  # 0, or NaN where every map is all zero
     assert all(a["ok"] for a in agreement)
