@@ -178,10 +178,11 @@ def _stages(p, model: str, files: list[str], sets: list[str], tmp: str, model_co
     ms = {k: v * 1000 / n for k, v in out.items()}
     ms_model = actor_wall * 1000 / n * actor_threads
     return {"non_model": ms, "actor": ms_model, "actor_threads": actor_threads, "bare": model_core_ms,
-            "block": _fused_block_ms(model, files, cfg, p.preset, tmp)}
+            "block": _fused_block_ms(model, files, cfg, p.preset, {**args, "overlays": s.overlays,
+                                                                   "path_map_uri": None})}
 
 
-def _fused_block_ms(model: str, files: list[str], cfg, preset, tmp: str) -> float | None:
+def _fused_block_ms(model: str, files: list[str], cfg, preset, finish_args: dict) -> float | None:
     """Core-ms per image of the fused actor's own call (`FusedScorer`: prepare, score and finish a
     block of `block_batches` x `batch_size` items, one thread): the stages above plus what lies
     between them (Arrow slicing and concatenation, per-block set-up), which their sum leaves out.
@@ -197,13 +198,10 @@ def _fused_block_ms(model: str, files: list[str], cfg, preset, tmp: str) -> floa
     cores = os.cpu_count() or 1
     if not pool_plan(s, cores, 0, cores).fused:
         return None
-    args = {"output": os.path.join(tmp, "fused"), "overlays": s.overlays, "region": cfg.cam.region_threshold,
-            "preset": preset.to_dict(), "cam_size": s.cam_size, "overlay_format": s.overlay_format,
-            "overlay_quality": s.overlay_quality, "overlay_max_side": s.overlay_max_side, "path_map_uri": None}
     threads = torch.get_num_threads()
     try:
         actor = FusedScorer(model, config_to_dict(cfg.model_copy(update={"score": s.model_copy(update={"threads": 1})})),
-                            preset.to_dict(), set(), args)
+                            preset.to_dict(), set(), finish_args)
         items = pa.Table.from_pylist([{"input_uri": f, "data": None, "error": None} for f in files])
         block = s.block_batches * s.batch_size
         actor(items.slice(0, block))  # warm-up

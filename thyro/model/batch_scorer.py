@@ -86,16 +86,12 @@ class BatchScorer:
             cols["height"][i], cols["width"][i] = h, w
         # every decoded row stays ok, in `ok`'s order: one stack serves the overlays and the batch
         stacked = torch.stack(list(squares.values())) if squares else None
-        if squares:  # the squares for the overlays and the field views, in one copy to the host (one sync)
-            flat = torch.cat([stacked.permute(0, 2, 3, 1).reshape(-1), *(v.reshape(-1) for v in views.values())])
-            host = flat.cpu().numpy()
-            n_sq = stacked[0].numel()
-            for k, i in enumerate(squares):
-                cols["pixels"][i] = host[k * n_sq:(k + 1) * n_sq].tobytes()
-            at = len(squares) * n_sq
-            for i, v in views.items():
-                cols["field_view"][i] = host[at:at + v.numel()].tobytes()
-                at += v.numel()
+        if squares:  # to the host in one copy each per batch, not one per image: the squares, the field views
+            for i, sq in zip(squares, stacked.permute(0, 2, 3, 1).contiguous().cpu().numpy()):
+                cols["pixels"][i] = sq.tobytes()
+            flat = torch.cat([v.reshape(-1) for v in views.values()]).cpu()
+            for i, v in zip(views, flat.split([v.numel() for v in views.values()])):
+                cols["field_view"][i] = v.numpy().tobytes()
         ok = [i for i in ok if cols["status"][i] == "ok"]
         shipped = [i for i in ok if i not in squares]
         parts = {}

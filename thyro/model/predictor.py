@@ -32,18 +32,15 @@ def field_mask_on_input(c: Cropped, p: Preset, original: np.ndarray | None = Non
     g = c.geometry(p)
     if p.field != "none":
         return place((c.field_mask * np.uint8(255)), p.image_size, g.inner) > 127
-    from thyro.image.field import detect_fields, union_mask
-
     if original is None:
         raise ValueError("the original image is needed to find the field of an uncropped input")
-    fields = detect_fields(original)
-    return original_mask_to_model(union_mask(fields, original.shape[:2]), g)
+    return field_mask_from_view(original, g)
 
 
 def field_mask_from_view(view: np.ndarray, g: Geometry) -> np.ndarray:
-    """The scan field on the model's square input, found on `view`: a grey working copy of the
-    whole image g maps from (`thyro.data.jpeg_batch.field_view`, `field.working_shape`), which
-    `detect_fields` takes as it is. What `field_mask_on_input` gives for an uncropped input."""
+    """The scan field on the model's square input of an uncropped input, found on `view`: the whole
+    image g maps from, at its own size or smaller (the actor's grey working copy,
+    `thyro.data.jpeg_batch.field_view` at `field.working_shape`, which `detect_fields` takes as it is)."""
     from thyro.image.field import detect_fields, union_mask
 
     return original_mask_to_model(union_mask(detect_fields(view), view.shape), g.at_shape(view.shape))
