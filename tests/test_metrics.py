@@ -199,3 +199,43 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     before = metrics.expected_calibration_error(y[10000:], metrics.calibrated_prob(margin[10000:], 1.0))
     after = metrics.expected_calibration_error(y[10000:], metrics.calibrated_prob(margin[10000:], T))
     assert before > 0.05 and after < 0.02
+
+
+def _same(a: float, b: float, tol: float = 0.0) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= tol
+
+
+def test_resample_metrics_equal_sklearn_metrics():
+    """The bootstrap's count-based metrics against `binary_metrics` (sklearn), with tied
+    probabilities, single-class samples, and thresholds that predict all or nothing."""
+    rng = np.random.default_rng(7)
+    cases = 0
+    for trial in range(400):
+        n = int(rng.integers(1, 40))
+        y = (rng.random(n) < rng.choice([0.0, 0.3, 1.0], p=[0.1, 0.8, 0.1])).astype(int)
+        p = np.round(rng.random(n), int(rng.integers(1, 4)))  # few decimals: many ties
+        t = float(rng.choice([0.0, 0.5, 1.01, p[0]]))
+        ref = metrics.binary_metrics(y, p, t)
+        got = metrics.resample_metrics(y, p, t)
+        for k, v in zip(metrics.METRIC_NAMES, got):
+            assert _same(v, ref[k], 1e-12 if k == "auc" else 0.0), (trial, k, v, ref[k])
+        cases += len(np.unique(y)) == 2
+    assert cases > 250  # most cases have both classes, so the AUC path is exercised
+
+
+def test_bootstrap_ci_equals_a_loop_over_sklearn_metrics():
+    y, a, _ = _scores(n=120)
+    pid = np.repeat(np.arange(60), 2)
+    y = np.repeat(y[:60], 2)
+    rng = np.random.default_rng(3)
+    reference = {k: [] for k in metrics.METRIC_NAMES}
+    malignant, benign = metrics._patients_by_class(y, pid)
+    for _ in range(150):
+        idx = np.concatenate([malignant[i] for i in rng.choice(len(malignant), len(malignant))]
+                             + [benign[i] for i in rng.choice(len(benign), len(benign))])
+        m = metrics.binary_metrics(y[idx], a[idx], 0.4)
+        for k in metrics.METRIC_NAMES:
+            reference[k].append(m[k])
+    ci = metrics.bootstrap_ci(y, a, 0.4, n_boot=150, seed=3, groups=pid)
+    for k in metrics.METRIC_NAMES:
+        assert np.allclose(ci[k], np.nanpercentile(reference[k], (2.5, 97.5)), rtol=0, atol=1e-12), k

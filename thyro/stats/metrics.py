@@ -59,16 +59,44 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot
     prob = np.asarray(prob, dtype=float)
     rng = np.random.default_rng(seed)
     malignant, benign = _patients_by_class(y, groups)
-    vals = {k: [] for k in METRIC_NAMES}
-    for _ in range(n_boot):
+    vals = np.empty((n_boot, len(METRIC_NAMES)))
+    for b in range(n_boot):
         drawn = [malignant[i] for i in rng.choice(len(malignant), len(malignant))] if malignant else []
         drawn += [benign[i] for i in rng.choice(len(benign), len(benign))] if benign else []
         idx = np.concatenate(drawn)
-        m = binary_metrics(y[idx], prob[idx], threshold)
-        for k in METRIC_NAMES:
-            vals[k].append(m[k])
+        vals[b] = resample_metrics(y[idx], prob[idx], threshold)
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    return {k: tuple(float(x) for x in np.nanpercentile(v, q)) for k, v in vals.items()}
+    return {k: tuple(float(x) for x in np.nanpercentile(vals[:, j], q)) for j, k in enumerate(METRIC_NAMES)}
+
+
+def resample_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[float, ...]:
+    """`binary_metrics`' METRIC_NAMES values from counts, for the bootstrap's inner loop.
+
+    sklearn's input validation costs ~17 ms per call (3.4 s of a 200-replicate
+    bootstrap, 17 s at the default 1,000, per trial); this is ~0.05 ms. Same
+    zero-division rules as `binary_metrics`; the AUC is the Mann-Whitney count
+    with ties as one half, equal to sklearn's trapezoid to rounding (a test holds
+    both to sklearn).
+    """
+    pos, neg = prob[y == 1], prob[y == 0]
+    m, n = len(pos), len(neg)
+    pred = prob >= threshold
+    tp = int(np.count_nonzero(pred[y == 1]))
+    fp = int(np.count_nonzero(pred[y == 0]))
+    fn, tn = m - tp, n - fp
+    if m and n:
+        neg = np.sort(neg)
+        below = np.searchsorted(neg, pos, "left").sum()
+        not_above = np.searchsorted(neg, pos, "right").sum()
+        auc = float(below + not_above) / (2.0 * m * n)
+    else:
+        auc = float("nan")
+    return (auc,
+            (tp + tn) / (m + n),
+            tp / (tp + fn) if tp + fn else 0.0,
+            tn / (tn + fp) if tn + fp else float("nan"),
+            tp / (tp + fp) if tp + fp else 0.0,
+            2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
 
 
 def mean_ci(values, seed: int = 0, n_boot: int = 10000, alpha: float = 0.05) -> tuple[float, float]:
