@@ -9,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
+from pyarrow.fs import FileSelector
 
 from thyro.config import load_config
 from thyro.data import storage
@@ -71,6 +72,21 @@ def test_trial_runs_are_loadable_models_with_cam_analysis(s3_experiment):
     assert (feats.cam_target == 0).all()  # cam.target: benign reached the analysis
     assert p.card["outputs"]["operating_point"]["chosen_on"] == "calibration"
     assert storage.exists(storage.join(rd, "faithfulness.json"))
+
+
+def test_trials_start_from_the_crops_the_job_made_once(s3_experiment, tiny_phantom):
+    from thyro.data import crop_cache
+    from thyro.data.manifest import load_manifest
+    from thyro.image.preset import Preset
+
+    n = len(load_manifest(str(tiny_phantom)))
+    base = storage.join(s3_experiment.out, "crops")
+    fs, path = storage.pyarrow_filesystem(base)
+    assert len(fs.get_file_info(FileSelector(path))) == 1  # both models train at 64 px: one preset, one cache
+    for model in ("resnet18", "alexnet"):
+        card = checkpoint.load_card(run_dir(s3_experiment.out, model, 0))
+        assert card["data"]["crops_from_cache"] == n  # every image; none cropped again in the trial
+        assert crop_cache.is_complete(crop_cache.cache_dir(base, Preset.from_dict(card["inputs"]["preprocessing"])))
 
 
 def test_each_trial_used_its_patient_grouped_split(s3_experiment):

@@ -178,6 +178,9 @@ class ExperimentConfig(_Section):
     cam_size: int = Field(56, ge=8, le=512)
     # Images per class in the report's CAM overlay grid.
     cam_grid_per_class: int = Field(6, ge=1, le=20)
+    # Crop every image once per preset before the trials (Ray tasks over the cluster's CPUs) and
+    # start each trial from those crops (thyro/data/crop_cache.py), not forty times over.
+    crop_cache: bool = True
 
 
 class PretrainConfig(_Section):

@@ -15,15 +15,19 @@ class UltrasoundDataset(Dataset):
 
     `cache=True` keeps each image's field crop in memory: small study-sized data
     sets (hundreds of images) then decode and find their scan field once, not
-    once per epoch.
+    once per epoch. `crops` (path -> Cropped, `thyro.data.crop_cache`) starts that
+    cache with crops made once for every training of the same preset.
     """
 
-    def __init__(self, manifest: pd.DataFrame, preset: Preset, train: bool, cache: bool = True):
+    def __init__(self, manifest: pd.DataFrame, preset: Preset, train: bool, cache: bool = True,
+                 crops: dict[str, Cropped] | None = None):
         self.paths = manifest["path"].tolist()
         self.labels = manifest["label"].astype(int).tolist()
         self.preset = preset
         self.train_transform = TrainTransform(preset) if train else None
         self._cache: dict[int, Cropped] | None = {} if cache else None
+        if self._cache is not None and crops:
+            self._cache.update((i, crops[p]) for i, p in enumerate(self.paths) if p in crops)
 
     def __len__(self) -> int:
         return len(self.paths)

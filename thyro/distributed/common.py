@@ -170,3 +170,49 @@ def worker_setup(cfg: Config) -> str:
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     torch.set_num_threads(own_threads(cfg.ray.cpus_per_worker))
     return str(ray.train.torch.get_device())
+
+
+def _crop_part(directory: str, k: int, paths: list[str], preset: dict, endpoint: str | None,
+               region: str | None) -> int:
+    from thyro.data import crop_cache
+    from thyro.image.preset import Preset
+
+    storage.configure(endpoint, region)
+    return crop_cache.write_part(directory, k, paths, Preset.from_dict(preset))
+
+
+def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Callable[[str], None]) -> None:
+    """Crop every image of the manifest once per preset the `models` train with, in Ray tasks
+    over the cluster's CPUs, before any trial starts (`thyro.data.crop_cache` says why).
+    Caches already complete (a resumed job) are kept."""
+    import time
+
+    import ray
+
+    from thyro.data import crop_cache
+    from thyro.data.inputs import read_parquet
+    from thyro.model.training import resolve_preset_for
+
+    t0 = time.perf_counter()
+    base = crop_cache.beside(manifest_uri)
+    presets = {}
+    for m in models:
+        c = cfg.model_copy(deep=True)
+        c.model.name = m
+        p = resolve_preset_for(c)
+        presets[crop_cache.cache_dir(base, p)] = p
+    todo = {d: p for d, p in presets.items() if not crop_cache.is_complete(d)}
+    if not todo:
+        return
+    paths = read_parquet(manifest_uri)["path"].tolist()
+    # Two parts per CPU: a slow part (large DICOMs) leaves the other CPUs work to do.
+    size = max(8, -(-len(paths) // (2 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
+    task = ray.remote(num_cpus=1)(_crop_part)
+    refs = {d: [task.remote(d, k, paths[i:i + size], p.to_dict(), cfg.storage.endpoint_url, cfg.storage.region)
+                for k, i in enumerate(range(0, len(paths), size))] for d, p in todo.items()}
+    for d, parts in refs.items():
+        n = sum(ray.get(parts))
+        crop_cache.mark_complete(d, len(parts))
+        log(f"crops: {n} of {len(paths)} images cropped once for preset {todo[d].name} "
+            f"({todo[d].image_size}px) -> {d}")
+    log(f"crops: {time.perf_counter() - t0:.1f}s")

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 from thyro.config import Config, config_to_dict
 from thyro.data import storage
-from thyro.distributed.common import (elastic_threads, job_setup, make_trainer, node_cpus_free, own_threads,
-                                      trial_setup, worker_setup)
+from thyro.distributed.common import (build_crop_caches, elastic_threads, job_setup, make_trainer, node_cpus_free,
+                                      own_threads, trial_setup, worker_setup)
 from thyro.model import checkpoint
 from thyro.resume_guard import prepare_output
 
@@ -74,8 +74,9 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from thyro.data import crop_cache
     from thyro.data.inputs import read_parquet
-    from thyro.model.training import train_run
+    from thyro.model.training import resolve_preset_for, train_run
     from thyro.stats.metrics import METRIC_NAMES
 
     cfg = Config.model_validate(config["cfg"])
@@ -84,6 +85,8 @@ def _train_worker(config: dict) -> None:
     device = cfg.train.device = worker_setup(cfg)
     manifest = read_parquet(config["manifest"])
     splits = read_parquet(config["splits"])
+    crops = crop_cache.load(crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg)),
+                            manifest["path"]) if cfg.experiment.crop_cache else None
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
     if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
         raise RuntimeError(f"injected failure ({FAIL_TRIAL_ENV}={config['fail_trial']})")
@@ -106,7 +109,7 @@ def _train_worker(config: dict) -> None:
                        "prepare_loader": ray.train.torch.prepare_data_loader}
     res = train_run(cfg, config["run_dir"], manifest, config.get("source"), splits, on_epoch=on_epoch,
                     log=(print if rank == 0 else (lambda s: None)), is_writer=rank == 0,
-                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", **distributed)
+                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", crops=crops, **distributed)
     if rank == 0 and config.get("cam_analysis"):
         from thyro.explain.cam_analysis import analyse_run
 
@@ -205,6 +208,8 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
+    if cfg.experiment.crop_cache:
+        build_crop_caches(cfg, job.manifest, models, log)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV)),
                                         {"cpu": cfg.ray.trial_driver_cpus})
     if Tuner.can_restore(state, storage_filesystem=fs):

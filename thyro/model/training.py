@@ -80,18 +80,18 @@ class RunResult:
     seconds: float
 
 
-def eval_loader(cfg: Config, manifest: pd.DataFrame, idx, preset: Preset) -> DataLoader:
+def eval_loader(cfg: Config, manifest: pd.DataFrame, idx, preset: Preset, crops: dict | None = None) -> DataLoader:
     kw = dict(num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0)
-    return DataLoader(UltrasoundDataset(manifest.iloc[idx], preset, train=False), batch_size=cfg.eval.batch_size,
-                      shuffle=False, **kw)
+    return DataLoader(UltrasoundDataset(manifest.iloc[idx], preset, train=False, crops=crops),
+                      batch_size=cfg.eval.batch_size, shuffle=False, **kw)
 
 
-def make_loaders(cfg: Config, manifest: pd.DataFrame, train_idx, test_idx, preset: Preset):
-    tr = UltrasoundDataset(manifest.iloc[train_idx], preset, train=True)
+def make_loaders(cfg: Config, manifest: pd.DataFrame, train_idx, test_idx, preset: Preset, crops: dict | None = None):
+    tr = UltrasoundDataset(manifest.iloc[train_idx], preset, train=True, crops=crops)
     g = torch.Generator().manual_seed(cfg.train.seed)
     kw = dict(num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0)
     return (DataLoader(tr, batch_size=cfg.train.batch_size, shuffle=True, generator=g, drop_last=len(tr) > cfg.train.batch_size, **kw),
-            eval_loader(cfg, manifest, test_idx, preset))
+            eval_loader(cfg, manifest, test_idx, preset, crops))
 
 
 @dataclass
@@ -162,8 +162,11 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
               splits: pd.DataFrame | None = None, on_epoch: Callable[[int, dict], None] | None = None,
               log: Callable[[str], None] = print, model_id: str | None = None,
               prepare_model: Callable | None = None, prepare_loader: Callable | None = None,
-              is_writer: bool = True) -> RunResult:
+              is_writer: bool = True, crops: dict | None = None) -> RunResult:
     """Train `cfg.model` on split `cfg.split.repeat`, evaluate on its test part, save to `out`.
+
+    `crops`: path -> Cropped made for this run's preset (`thyro.data.crop_cache`); images
+    without one are cropped here.
 
     `prepare_model` / `prepare_loader` let a distributed runner wrap the model
     (DDP) and shard the training loader; only the `is_writer` process saves.
@@ -190,7 +193,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     from thyro.data.splits import calibration_split
 
     fit_idx, cal_idx = calibration_split(manifest, train_idx, cfg.eval.calibration_fraction, cfg.split.seed)
-    train_loader, test_loader = make_loaders(cfg, manifest, fit_idx, test_idx, preset)
+    train_loader, test_loader = make_loaders(cfg, manifest, fit_idx, test_idx, preset, crops)
     model = build_model(cfg.model.name, cfg.model.weights, offline=cfg.model.offline)
     if cfg.train.channels_last:  # before any DDP wrapping, which fixes parameter layouts
         model = model.to(memory_format=torch.channels_last)
@@ -216,7 +219,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
     final = ema.module if ema is not None else model
     op = OperatingPoint(cfg.eval.threshold, 1.0, "fixed")
     if len(cal_idx):
-        y_cal, m_cal = predict_margin(final, eval_loader(cfg, manifest, cal_idx, preset), device,
+        y_cal, m_cal = predict_margin(final, eval_loader(cfg, manifest, cal_idx, preset, crops), device,
                                       cfg.train.precision, cfg.train.channels_last)
         op = choose_operating_point(cfg, y_cal, m_cal)
     ev = evaluate(final, test_loader, device, cfg.eval.threshold, cfg.train.precision, cfg.train.channels_last)
@@ -234,7 +237,9 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
                "leakage": {k: (len(v) if isinstance(v, list) else v) for k, v in leak.items()}},
         metrics={k: m[k] for k in (*metrics.METRIC_NAMES, "ece", "ece_calibrated", "at_target_sensitivity")},
         data={"source": source, "n_images": int(len(manifest)), "n_malignant": int(manifest["label"].sum()),
-              "n_patients": int(manifest["patient_id"].nunique())},
+              "n_patients": int(manifest["patient_id"].nunique()),
+              # crops made once by the job for every training of this preset (thyro.data.crop_cache)
+              "crops_from_cache": int(sum(p in crops for p in manifest["path"])) if crops else 0},
         training={"epochs": cfg.train.epochs, "optimizer": cfg.train.optimizer, "schedule": cfg.train.schedule,
                   "warmup_epochs": cfg.train.warmup_epochs, "ema_decay": cfg.train.ema_decay, "lr": cfg.train.lr,
                   "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,

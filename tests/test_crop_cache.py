@@ -1,0 +1,78 @@
+"""The crop cache: made once, read back exactly, ignored unless complete, and what a data set starts from."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from thyro.data import crop_cache
+from thyro.data.dataset import UltrasoundDataset
+from thyro.image.preprocess import read_crop
+from thyro.image.preset import resolve_preset
+
+
+@pytest.fixture(scope="module")
+def screens(tmp_path_factory):
+    """Scanner screens (text, calipers, black borders): crops with fields and inpainted marks."""
+    from thyro.data import phantom
+    from thyro.data.manifest import load_manifest
+
+    return load_manifest(str(phantom.generate(tmp_path_factory.mktemp("screens"), n_benign=5, n_malignant=5,
+                                              size=160, seed=1, layout="scanner")))
+
+
+def _preset():
+    return resolve_preset("field-marks", image_size=64)
+
+
+def test_cache_reads_back_every_crop_exactly(screens, tmp_path):
+    paths = screens["path"].tolist()
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not an image")
+    d = crop_cache.cache_dir(str(tmp_path / "crops"), _preset())
+    assert crop_cache.build(paths + [str(bad)], _preset(), d, part_size=4) == 10  # the broken file has no row
+    got = crop_cache.load(d)
+    assert set(got) == set(paths)
+    for p in paths:
+        want, c = read_crop(p, _preset()), got[p]
+        assert np.array_equal(c.image, want.image) and c.image.dtype == np.uint8
+        assert np.array_equal(c.field_mask, want.field_mask) and c.field_mask.dtype == bool
+        assert (c.box, c.shape, c.field_source, c.pane, c.marks_px) == \
+            (tuple(want.box), tuple(want.shape), want.field_source, want.pane, want.marks_px)
+    assert sum(c.marks_px > 0 for c in got.values()) >= 3  # the cache holds inpainted crops, not raw ones
+
+
+def test_incomplete_cache_is_ignored(screens, tmp_path):
+    paths = screens["path"].tolist()[:3]
+    d = crop_cache.cache_dir(str(tmp_path), _preset())
+    crop_cache.write_part(d, 0, paths, _preset())  # a build killed before its _COMPLETE marker
+    assert crop_cache.load(d) == {}
+    crop_cache.mark_complete(d, 1)
+    assert set(crop_cache.load(d)) == set(paths)
+
+
+def test_presets_get_separate_caches():
+    a, b = resolve_preset("field-marks", image_size=64), resolve_preset("field-marks", image_size=128)
+    assert crop_cache.preset_key(a) != crop_cache.preset_key(b)
+    assert crop_cache.preset_key(a) == crop_cache.preset_key(resolve_preset("field-marks", image_size=64))
+
+
+def test_dataset_starts_from_the_cache(screens, tmp_path):
+    """Same tensors as cropping the files, and the files are not read again."""
+    rows = screens.iloc[:6].copy()
+    copies = []
+    for p in rows["path"]:
+        copies.append(str(tmp_path / os.path.basename(p)))
+        shutil.copy(p, copies[-1])
+    rows["path"] = copies
+    want = [UltrasoundDataset(rows, _preset(), train=False)[i][0] for i in range(len(rows))]
+    d = crop_cache.cache_dir(str(tmp_path / "crops"), _preset())
+    crop_cache.build(copies, _preset(), d)
+    crops = crop_cache.load(d, copies)
+    for p in copies:
+        os.remove(p)
+    ds = UltrasoundDataset(rows, _preset(), train=False, crops=crops)
+    for i in range(len(rows)):
+        assert torch.equal(ds[i][0], want[i])
