@@ -7,9 +7,9 @@ where the experiment's extra time goes.
 Both sides train the same models on the same splits with the same config; the
 plain loop runs them one after another in this process (all cores to torch),
 the experiment as Tune trials (CPUs split between concurrent trials). With
-experiment.crop_cache (the default) both crop every image once per preset and
+train.crop_cache (the default) both crop every image once per preset and
 start every training from those crops: the loop in this process, the job in Ray
-tasks before its trials (`--set experiment.crop_cache=false`: both crop per training). The
+tasks before its trials (`--set train.crop_cache=false`: both crop per training). The
 experiment side includes everything a user waits for: Ray start, trial
 scheduling, statistics and the report (CAM analysis is off: it is not training work).
 
@@ -85,13 +85,13 @@ def main() -> None:
                 c = cfg.model_copy(deep=True)
                 c.model.name, c.split.repeat = model, s
                 t1 = time.perf_counter()
-                if cfg.experiment.crop_cache:  # as the job does: each preset's crops made once, then shared
+                if cfg.train.crop_cache:  # as the job does: each preset's crops made once, then shared
                     d = crop_cache.cache_dir(f"{tmp}/plain/crops", resolve_preset_for(c))
                     if d not in crops:
                         crop_cache.build(manifest["path"].tolist(), resolve_preset_for(c), d)
                         crops[d] = crop_cache.load(d)
                 train_run(c, f"{tmp}/plain/{model}/{s}", manifest, None, splits, log=lambda s: None,
-                          crops=crops.get(d) if cfg.experiment.crop_cache else None)
+                          crops=crops.get(d) if cfg.train.crop_cache else None)
                 per.append(f"{model}/{s} {time.perf_counter() - t1:.1f}s")
         plain = time.perf_counter() - t0
         print(f"plain loop : {plain:7.1f}s  ({len(cfg.experiment.models) * len(args.splits)} trainings: "

@@ -9,7 +9,7 @@ import torch
 
 from thyro.data import crop_cache
 from thyro.data.dataset import UltrasoundDataset
-from thyro.image.preprocess import read_crop
+from thyro.image.preprocess import CROP_SETTINGS, read_crop
 from thyro.image.preset import resolve_preset
 
 
@@ -53,10 +53,29 @@ def test_incomplete_cache_is_ignored(screens, tmp_path):
     assert set(crop_cache.load(d)) == set(paths)
 
 
-def test_presets_get_separate_caches():
-    a, b = resolve_preset("field-marks", image_size=64), resolve_preset("field-marks", image_size=128)
-    assert crop_cache.preset_key(a) != crop_cache.preset_key(b)
-    assert crop_cache.preset_key(a) == crop_cache.preset_key(resolve_preset("field-marks", image_size=64))
+def test_cache_key_covers_every_setting_a_crop_reads(screens):
+    """read_crop reads only CROP_SETTINGS of its preset, so a key of those alone is safe;
+    presets that differ in them get separate caches, in anything else one."""
+    seen = set()
+
+    class Recording:
+        def __init__(self, p):
+            self._p = p
+
+        def __getattr__(self, name):
+            seen.add(name)
+            return getattr(self._p, name)
+
+    for name in ("field-marks", "study", "field", "robust"):
+        for path in screens["path"][:2]:
+            read_crop(path, Recording(resolve_preset(name, image_size=64)))
+            read_crop(path, Recording(resolve_preset(name, image_size=64, field="auto", panes="all")))
+    assert seen and seen <= set(CROP_SETTINGS), seen
+    key = crop_cache.preset_key
+    assert key(resolve_preset("field-marks", image_size=64)) == key(resolve_preset("field-marks", image_size=299,
+                                                                                 rotation_degrees=5.0))
+    assert key(resolve_preset("field-marks")) != key(resolve_preset("field"))
+    assert key(resolve_preset("field")) != key(resolve_preset("field", panes="all"))
 
 
 def test_dataset_starts_from_the_cache(screens, tmp_path):

@@ -34,6 +34,13 @@ def test_tune_smoke_writes_a_config_the_experiment_accepts(ray_cluster, tiny_pha
     assert n_dev == math.ceil(0.4 * splits.patient_id.nunique())
     assert f"development set of {n_dev} patients" in text
     assert set(res.trials["searched_on"]) == {text.split("Searched on the ")[1].split(";")[0]}
+    # the dev set's images, cropped once for every trial and inner fold
+    from thyro.data import crop_cache
+
+    (cache,) = (tmp_path / "tune" / "crops").iterdir()
+    manifest = pd.read_parquet(tmp_path / "tune" / "manifest.parquet")
+    dev_ids = set(splits.loc[splits.subset == "dev", "patient_id"])
+    assert set(crop_cache.load(str(cache))) == set(manifest.loc[manifest.patient_id.isin(dev_ids), "path"])
 
 
 def test_tune_without_a_dev_set_fails_before_starting_ray(tiny_phantom, tmp_path):

@@ -125,6 +125,10 @@ class TrainConfig(_Section):
     seed: int = 0
     # Upper bound on torch intra-op threads; 0 leaves torch's default.
     threads: int = Field(0, ge=0)
+    # Jobs that train many times on the same images (experiment, tune) crop each image once
+    # per crop setting, in Ray tasks before the trials, and start every training from those
+    # crops (thyro/data/crop_cache.py) instead of cropping the data set again in each.
+    crop_cache: bool = True
 
 
 class SplitConfig(_Section):
@@ -178,9 +182,6 @@ class ExperimentConfig(_Section):
     cam_size: int = Field(56, ge=8, le=512)
     # Images per class in the report's CAM overlay grid.
     cam_grid_per_class: int = Field(6, ge=1, le=20)
-    # Crop every image once per preset before the trials (Ray tasks over the cluster's CPUs) and
-    # start each trial from those crops (thyro/data/crop_cache.py), not forty times over.
-    crop_cache: bool = True
 
 
 class PretrainConfig(_Section):

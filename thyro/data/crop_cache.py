@@ -7,7 +7,7 @@ same pixels; on a GPU node that pass is longer than the training itself. The cro
 deterministic given the file and the preset, so they are made once, stored losslessly
 (PNG) beside the manifest, and each training starts from them.
 
-Layout: `<dir>/<preset key>/part-NNNNN.parquet`, one row per image that cropped, plus
+Layout: `<dir>/<key of the preset's CROP_SETTINGS>/part-NNNNN.parquet`, one row per image that cropped, plus
 `_COMPLETE` (the number of parts) written last: a cache without it is ignored, so a
 run killed while building one never trains from half of it. An image that fails to
 crop has no row; its training crops it again and fails there, naming the file, as
@@ -24,7 +24,7 @@ from typing import Iterable
 import numpy as np
 
 from thyro.data import storage
-from thyro.image.preprocess import Cropped, read_crop
+from thyro.image.preprocess import CROP_SETTINGS, Cropped, read_crop
 from thyro.image.preset import Preset
 
 COMPLETE = "_COMPLETE"
@@ -36,8 +36,9 @@ def beside(manifest_uri: str) -> str:
 
 
 def preset_key(preset: Preset) -> str:
-    """A short name for everything in the preset (a crop depends on any of it)."""
-    return hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """A short name for the preset's crop settings (`CROP_SETTINGS`: a crop depends on those only)."""
+    crop = {k: getattr(preset, k) for k in CROP_SETTINGS}
+    return hashlib.sha256(json.dumps(crop, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_dir(base: str, preset: Preset) -> str:

@@ -181,10 +181,11 @@ def _crop_part(directory: str, k: int, paths: list[str], preset: dict, endpoint:
     return crop_cache.write_part(directory, k, paths, Preset.from_dict(preset))
 
 
-def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Callable[[str], None]) -> None:
-    """Crop every image of the manifest once per preset the `models` train with, in Ray tasks
-    over the cluster's CPUs, before any trial starts (`thyro.data.crop_cache` says why).
-    Caches already complete (a resumed job) are kept."""
+def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Callable[[str], None],
+                      paths: list[str] | None = None) -> None:
+    """Crop every image of the manifest (or `paths`) once per crop setting the `models` train
+    with, in Ray tasks over the cluster's CPUs, before any trial starts (`thyro.data.crop_cache`
+    says why). Caches already complete (a resumed job) are kept."""
     import time
 
     import ray
@@ -204,7 +205,7 @@ def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Ca
     todo = {d: p for d, p in presets.items() if not crop_cache.is_complete(d)}
     if not todo:
         return
-    paths = read_parquet(manifest_uri)["path"].tolist()
+    paths = read_parquet(manifest_uri)["path"].tolist() if paths is None else paths
     # Two parts per CPU: a slow part (large DICOMs) leaves the other CPUs work to do.
     size = max(8, -(-len(paths) // (2 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
     task = ray.remote(num_cpus=1)(_crop_part)
@@ -213,6 +214,5 @@ def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Ca
     for d, parts in refs.items():
         n = sum(ray.get(parts))
         crop_cache.mark_complete(d, len(parts))
-        log(f"crops: {n} of {len(paths)} images cropped once for preset {todo[d].name} "
-            f"({todo[d].image_size}px) -> {d}")
+        log(f"crops: {n} of {len(paths)} images cropped once for preset {todo[d].name} -> {d}")
     log(f"crops: {time.perf_counter() - t0:.1f}s")

@@ -86,7 +86,7 @@ def _train_worker(config: dict) -> None:
     manifest = read_parquet(config["manifest"])
     splits = read_parquet(config["splits"])
     crops = crop_cache.load(crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg)),
-                            manifest["path"]) if cfg.experiment.crop_cache else None
+                            manifest["path"]) if cfg.train.crop_cache else None
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
     if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
         raise RuntimeError(f"injected failure ({FAIL_TRIAL_ENV}={config['fail_trial']})")
@@ -208,7 +208,7 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
     models = list(cfg.experiment.models)
     if cfg.experiment.reference_model not in models:
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
-    if cfg.experiment.crop_cache:
+    if cfg.train.crop_cache:
         build_crop_caches(cfg, job.manifest, models, log)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV)),
                                         {"cpu": cfg.ray.trial_driver_cpus})

@@ -19,7 +19,7 @@ import yaml
 
 from thyro.config import Config, config_to_dict, load_config
 from thyro.data import storage
-from thyro.distributed.common import job_setup, make_trainer, trial_setup, worker_setup
+from thyro.distributed.common import build_crop_caches, job_setup, make_trainer, trial_setup, worker_setup
 from thyro.resume_guard import prepare_output
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def search_space(cfg: Config) -> dict:
 def _search_worker(config: dict) -> None:
     import ray.train
 
+    from thyro.data import crop_cache
     from thyro.data.inputs import read_parquet
+    from thyro.model.training import resolve_preset_for
     from thyro.stats.validation import inner_cv_epochs, inner_folds
 
     cfg = Config.model_validate(config["cfg"])
@@ -64,7 +66,9 @@ def _search_worker(config: dict) -> None:
     manifest, splits = read_parquet(config["manifest"]), read_parquet(config["splits"])
     t = cfg.tune
     portion, folds = inner_folds(manifest, splits, t.inner_splits, t.inner_test_size, t.seed)
-    for rec in inner_cv_epochs(cfg, portion, folds, device):
+    crops = crop_cache.load(crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg)),
+                            portion["path"]) if cfg.train.crop_cache else None
+    for rec in inner_cv_epochs(cfg, portion, folds, device, crops=crops):
         ray.train.report(rec)
 
 
@@ -110,6 +114,8 @@ def run_tune(cfg: Config, out: str, log: Callable[[str], None] = print) -> Searc
     # Fails here, before any trial, if the development set cannot be split.
     dev, _ = inner_folds(read_parquet(job.manifest), read_parquet(job.splits), t.inner_splits,
                          t.inner_test_size, t.seed)
+    if cfg.train.crop_cache:  # every trial trains on these images, in every inner fold
+        build_crop_caches(cfg, job.manifest, [cfg.model.name], log, paths=dev["path"].tolist())
     searched = (f"development set of {dev['patient_id'].nunique()} patients, excluded from every test split "
                 "of an experiment run with this config")
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=cfg.train.epochs,

@@ -52,6 +52,12 @@ def _bbox(boxes: list[Box]) -> Box:
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
+# The preset settings a crop depends on (`read_crop` reads no others; a test holds it to
+# that). The crop cache is keyed by them alone, so models trained at different input
+# sizes, or tune trials that vary augmentation, share one set of crops.
+CROP_SETTINGS = ("field", "panes", "suppress_marks", "frame")
+
+
 def crop_field(img: np.ndarray, p: Preset, regions=None) -> list[Cropped]:
     """The crop(s) a preset makes of one canonical image: one, or one per pane with panes=each."""
     H, W = img.shape[:2]

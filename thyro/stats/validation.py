@@ -43,7 +43,10 @@ def inner_folds(manifest: pd.DataFrame, splits: pd.DataFrame, n_inner: int, test
 
 
 def inner_cv_epochs(cfg: Config, portion: pd.DataFrame, folds: list[tuple[np.ndarray, np.ndarray]],
-                    device: str = "auto") -> Iterator[dict]:
+                    device: str = "auto", crops: dict | None = None) -> Iterator[dict]:
+    """Train one model per inner fold, epoch by epoch; yield the folds' mean validation AUC each
+    epoch. `crops`: path -> Cropped for the portion (`thyro.data.crop_cache`); else each fold
+    crops its images itself."""
     from thyro.model.training import make_loaders, resolve_preset_for, seed_everything
 
     dev = resolve_device(device)
@@ -52,7 +55,7 @@ def inner_cv_epochs(cfg: Config, portion: pd.DataFrame, folds: list[tuple[np.nda
     loss_fn = build_loss(cfg.train.loss, cfg.train.focal_gamma, cfg.train.focal_alpha)
     state = []
     for tr, va in folds:
-        train_loader, val_loader = make_loaders(cfg, portion, tr, va, preset)
+        train_loader, val_loader = make_loaders(cfg, portion, tr, va, preset, crops)
         model = build_model(cfg.model.name, cfg.model.weights, offline=cfg.model.offline).to(dev)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
