@@ -89,9 +89,10 @@ def main() -> None:
                     d = crop_cache.cache_dir(f"{tmp}/plain/crops", resolve_preset_for(c))
                     if d not in crops:
                         crop_cache.build(manifest["path"].tolist(), resolve_preset_for(c), d)
-                        crops[d] = crop_cache.load(d)
+                        crops[d] = crop_cache.load(d), crop_cache.hashes(d)
+                made = crops.get(d) if cfg.train.crop_cache else (None, None)
                 train_run(c, f"{tmp}/plain/{model}/{s}", manifest, None, splits, log=lambda s: None,
-                          crops=crops.get(d) if cfg.train.crop_cache else None)
+                          crops=made[0], hashes=made[1])
                 per.append(f"{model}/{s} {time.perf_counter() - t1:.1f}s")
         plain = time.perf_counter() - t0
         print(f"plain loop : {plain:7.1f}s  ({len(cfg.experiment.models) * len(args.splits)} trainings: "

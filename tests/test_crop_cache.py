@@ -95,3 +95,18 @@ def test_dataset_starts_from_the_cache(screens, tmp_path):
     ds = UltrasoundDataset(rows, _preset(), train=False, crops=crops)
     for i in range(len(rows)):
         assert torch.equal(ds[i][0], want[i])
+
+
+def test_cache_keeps_the_leakage_checks_hashes(screens, tmp_path):
+    """The hashes a training's leakage check reads from the cache are the ones it would compute."""
+    from thyro.data.decode import decode
+    from thyro.data.splits import image_hashes
+
+    paths = screens["path"].tolist()[:4]
+    d = crop_cache.cache_dir(str(tmp_path), _preset())
+    crop_cache.build(paths, _preset(), d)
+    got = crop_cache.hashes(d)
+    for p in paths:
+        data = open(p, "rb").read()
+        sha, dh = image_hashes(data, decode(data, p))
+        assert got[p][0] == sha and np.array_equal(got[p][1], dh) and got[p][1].shape == (256,)

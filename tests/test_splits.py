@@ -1,6 +1,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from thyro.data.decode import decode
@@ -127,3 +128,17 @@ def test_leakage_report_finds_copies_and_spares_distinct_images(tiny_phantom, tm
     assert [a for a, _, _ in rep["near_duplicates"]] == ["copy"]
     clean = leakage_report(m, train[:20], train[20:], read, decode)
     assert clean["identical_images"] == [] and clean["near_duplicates"] == []
+
+
+def test_leakage_report_takes_known_hashes_instead_of_reading(tiny_phantom):
+    """Hashes made earlier (the crop cache) give the same report, and those files are not read."""
+    from thyro.data.splits import image_hashes
+
+    m = load_manifest(str(tiny_phantom))
+    mm = pd.concat([m, m.iloc[[0]].assign(image_id="dup", patient_id="X9")], ignore_index=True)
+    train, test = np.arange(len(m)), np.array([len(m)])
+    read = lambda p: open(p, "rb").read()
+    want = leakage_report(mm, train, test, read, decode)
+    known = {p: image_hashes(read(p), decode(read(p), p)) for p in m.path}
+    got = leakage_report(mm, train, test, lambda p: pytest.fail(f"read {p}"), decode, known=known)
+    assert got == want and got["identical_images"] == [("dup", m.image_id[0])]

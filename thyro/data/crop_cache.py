@@ -24,7 +24,9 @@ from typing import Iterable
 import numpy as np
 
 from thyro.data import storage
-from thyro.image.preprocess import CROP_SETTINGS, Cropped, read_crop
+from thyro.data.decode import decode, read_source
+from thyro.data.splits import image_hashes
+from thyro.image.preprocess import CROP_SETTINGS, Cropped, crop_bytes
 from thyro.image.preset import Preset
 
 COMPLETE = "_COMPLETE"
@@ -68,15 +70,19 @@ def crop_table(paths: Iterable[str], preset: Preset):
     rows = []
     for path in paths:
         try:
-            c = read_crop(path, preset)
+            data = read_source(path)
+            c, d = crop_bytes(data, path, preset)
+            # the leakage check's hashes too (of the first frame), so a training reads no image file
+            sha, dh = image_hashes(data, d.frames[0][1] if d.frames[0][0] == 0 else decode(data, path))
         except Exception:
             continue
         rows.append({"path": path, "image": _png(c.image), "field_mask": _png(c.field_mask.astype(np.uint8)),
                      "box": list(c.box), "shape": list(c.shape), "field_source": c.field_source,
-                     "pane": c.pane, "marks_px": c.marks_px})
+                     "pane": c.pane, "marks_px": c.marks_px, "sha256": sha, "dhash": np.packbits(dh).tobytes()})
     schema = pa.schema([("path", pa.string()), ("image", pa.binary()), ("field_mask", pa.binary()),
                         ("box", pa.list_(pa.int64())), ("shape", pa.list_(pa.int64())),
-                        ("field_source", pa.string()), ("pane", pa.int64()), ("marks_px", pa.int64())])
+                        ("field_source", pa.string()), ("pane", pa.int64()), ("marks_px", pa.int64()),
+                        ("sha256", pa.string()), ("dhash", pa.binary())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -105,23 +111,33 @@ def build(paths: list[str], preset: Preset, directory: str, part_size: int = 256
     return n
 
 
-def load(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, Cropped]:
-    """path -> Cropped from a complete cache (only `paths`, when given); {} when there is none."""
+def _rows(directory: str | None, paths: Iterable[str] | None, columns: list[str]) -> list[dict]:
     if not directory or not is_complete(directory):
-        return {}
+        return []
     import io
 
     import pyarrow.parquet as pq
 
     want = None if paths is None else set(paths)
     parts = int(storage.read_bytes(storage.join(directory, COMPLETE)).decode())
-    out = {}
+    rows = []
     for k in range(parts):
-        t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(directory, f"part-{k:05d}.parquet"))))
-        for r in t.to_pylist():
-            if want is not None and r["path"] not in want:
-                continue
-            out[r["path"]] = Cropped(image=_unpng(r["image"]), field_mask=_unpng(r["field_mask"]).astype(bool),
-                                     box=tuple(r["box"]), shape=tuple(r["shape"]), field_source=r["field_source"],
-                                     pane=r["pane"], marks_px=r["marks_px"])
-    return out
+        t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(directory, f"part-{k:05d}.parquet"))),
+                          columns=["path", *columns])
+        rows += [r for r in t.to_pylist() if want is None or r["path"] in want]
+    return rows
+
+
+def load(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, Cropped]:
+    """path -> Cropped from a complete cache (only `paths`, when given); {} when there is none."""
+    cols = ["image", "field_mask", "box", "shape", "field_source", "pane", "marks_px"]
+    return {r["path"]: Cropped(image=_unpng(r["image"]), field_mask=_unpng(r["field_mask"]).astype(bool),
+                               box=tuple(r["box"]), shape=tuple(r["shape"]), field_source=r["field_source"],
+                               pane=r["pane"], marks_px=r["marks_px"])
+            for r in _rows(directory, paths, cols)}
+
+
+def hashes(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
+    """path -> `thyro.data.splits.image_hashes` of the file, from a complete cache; {} when there is none."""
+    return {r["path"]: (r["sha256"], np.unpackbits(np.frombuffer(r["dhash"], np.uint8)).astype(bool))
+            for r in _rows(directory, paths, ["sha256", "dhash"])}

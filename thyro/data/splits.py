@@ -117,22 +117,35 @@ def _dhash(img: np.ndarray, size: int = 16) -> np.ndarray:
     return (a[:, 1:] > a[:, :-1]).flatten()
 
 
+def image_hashes(data: bytes, img: np.ndarray) -> tuple[str, np.ndarray]:
+    """(sha256 of the file's bytes, difference hash of its decoded first frame): what
+    `leakage_report` compares."""
+    return hashlib.sha256(data).hexdigest(), _dhash(img)
+
+
 def leakage_report(manifest: pd.DataFrame, train_idx: np.ndarray, test_idx: np.ndarray,
-                   read_bytes, decode, near_bits: int = 12) -> dict:
+                   read_bytes, decode, near_bits: int = 12, known: dict | None = None) -> dict:
     """Find what ties test images to training images.
 
     - the same patient on both sides (should never happen with `make_splits`);
     - byte-identical files (sha256);
     - near-duplicates: 256-bit difference hashes within `near_bits` bits (a re-saved
       or resized copy of the same frame).
+
+    `known`: path -> `image_hashes` made earlier (the crop cache keeps them); other
+    files are read and decoded here.
     """
     pt_train = set(manifest["patient_id"].iloc[train_idx])
     shared_patients = sorted(set(manifest["patient_id"].iloc[test_idx]) & pt_train)
     sha, dh = {}, {}
+    known = known or {}
     for i in np.concatenate([train_idx, test_idx]):
-        data = read_bytes(manifest["path"].iloc[i])
-        sha[i] = hashlib.sha256(data).hexdigest()
-        dh[i] = _dhash(decode(data, manifest["path"].iloc[i]))
+        path = manifest["path"].iloc[i]
+        if path in known:
+            sha[i], dh[i] = known[path]
+        else:
+            data = read_bytes(path)
+            sha[i], dh[i] = image_hashes(data, decode(data, path))
     train_sha = {}
     for i in train_idx:
         train_sha.setdefault(sha[i], i)

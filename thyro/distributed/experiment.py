@@ -85,8 +85,9 @@ def _train_worker(config: dict) -> None:
     device = cfg.train.device = worker_setup(cfg)
     manifest = read_parquet(config["manifest"])
     splits = read_parquet(config["splits"])
-    crops = crop_cache.load(crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg)),
-                            manifest["path"]) if cfg.train.crop_cache else None
+    cache = crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg))
+    crops, hashes = ((crop_cache.load(cache, manifest["path"]), crop_cache.hashes(cache, manifest["path"]))
+                     if cfg.train.crop_cache else (None, None))
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
     if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
         raise RuntimeError(f"injected failure ({FAIL_TRIAL_ENV}={config['fail_trial']})")
@@ -109,7 +110,7 @@ def _train_worker(config: dict) -> None:
                        "prepare_loader": ray.train.torch.prepare_data_loader}
     res = train_run(cfg, config["run_dir"], manifest, config.get("source"), splits, on_epoch=on_epoch,
                     log=(print if rank == 0 else (lambda s: None)), is_writer=rank == 0,
-                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", crops=crops, **distributed)
+                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", crops=crops, hashes=hashes, **distributed)
     if rank == 0 and config.get("cam_analysis"):
         from thyro.explain.cam_analysis import analyse_run
 

@@ -106,7 +106,14 @@ def crop_one(img: np.ndarray, p: Preset, regions=None) -> Cropped:
 
 def read_crop(path: str, p: Preset) -> Cropped:
     """Read a local path or URI, decode the preset's frame, crop as the preset says."""
-    from thyro.data.decode import decode_image, read_source
+    from thyro.data.decode import read_source
 
-    d = decode_image(read_source(path), path, p.frame)
-    return crop_one(d.frames[0][1], p, d.regions)
+    return crop_bytes(read_source(path), path, p)[0]
+
+
+def crop_bytes(data: bytes, name: str, p: Preset):
+    """`read_crop` of a file's bytes -> (Cropped, the DecodedImage it came from)."""
+    from thyro.data.decode import decode_image
+
+    d = decode_image(data, name, p.frame)
+    return crop_one(d.frames[0][1], p, d.regions), d

@@ -162,11 +162,11 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
               splits: pd.DataFrame | None = None, on_epoch: Callable[[int, dict], None] | None = None,
               log: Callable[[str], None] = print, model_id: str | None = None,
               prepare_model: Callable | None = None, prepare_loader: Callable | None = None,
-              is_writer: bool = True, crops: dict | None = None) -> RunResult:
+              is_writer: bool = True, crops: dict | None = None, hashes: dict | None = None) -> RunResult:
     """Train `cfg.model` on split `cfg.split.repeat`, evaluate on its test part, save to `out`.
 
-    `crops`: path -> Cropped made for this run's preset (`thyro.data.crop_cache`); images
-    without one are cropped here.
+    `crops`: path -> Cropped made for this run's preset, `hashes`: path -> the leakage
+    check's hashes (both `thyro.data.crop_cache`); images without them are read here.
 
     `prepare_model` / `prepare_loader` let a distributed runner wrap the model
     (DDP) and shard the training loader; only the `is_writer` process saves.
@@ -180,7 +180,7 @@ def train_run(cfg: Config, out: str, manifest: pd.DataFrame | None = None, sourc
         splits = make_splits(manifest, cfg.split.n_repeats, cfg.split.test_size, cfg.split.seed,
                              cfg.split.dev_fraction)
     train_idx, test_idx = split_indices(splits, manifest, cfg.split.repeat)
-    leak = leakage_report(manifest, train_idx, test_idx, read_bytes, decode)
+    leak = leakage_report(manifest, train_idx, test_idx, read_bytes, decode, known=hashes)
     if leak["shared_patients"]:
         raise RuntimeError(f"split leaks patients across train/test: {leak['shared_patients'][:5]}")
     if leak["identical_images"] or leak["near_duplicates"]:
