@@ -19,7 +19,7 @@ def screens(tmp_path_factory):
     from thyro.data import phantom
     from thyro.data.manifest import load_manifest
 
-    return load_manifest(str(phantom.generate(tmp_path_factory.mktemp("screens"), n_benign=5, n_malignant=5,
+    return load_manifest(str(phantom.generate(tmp_path_factory.mktemp("screens"), n_benign=8, n_malignant=6,
                                               size=160, seed=1, layout="scanner")))
 
 
@@ -32,7 +32,7 @@ def test_cache_reads_back_every_crop_exactly(screens, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not an image")
     d = crop_cache.cache_dir(str(tmp_path / "crops"), _preset())
-    assert crop_cache.build(paths + [str(bad)], _preset(), d, part_size=4) == 10  # the broken file has no row
+    assert crop_cache.build(paths + [str(bad)], _preset(), d, part_size=4) == len(paths)  # the broken file: no row
     got = crop_cache.load(d)
     assert set(got) == set(paths)
     for p in paths:
@@ -110,3 +110,27 @@ def test_cache_keeps_the_leakage_checks_hashes(screens, tmp_path):
         data = open(p, "rb").read()
         sha, dh = image_hashes(data, decode(data, p))
         assert got[p][0] == sha and np.array_equal(got[p][1], dh) and got[p][1].shape == (256,)
+
+
+def test_training_from_the_cache_equals_training_without(screens, tmp_path):
+    """Same weights, predictions and leakage report: the cache changes where crops are made, not what."""
+    from thyro.config import load_config
+    from thyro.model import checkpoint
+    from thyro.model.training import resolve_preset_for, train_run
+
+    cfg = load_config(None, [{"preprocess": {"preset": "field-marks", "image_size": 32},
+                              "train": {"epochs": 1, "batch_size": 4, "precision": "fp32", "threads": 1},
+                              "eval": {"bootstrap": 10}, "split": {"n_repeats": 2}}])
+    d = crop_cache.cache_dir(str(tmp_path / "crops"), resolve_preset_for(cfg))
+    crop_cache.build(screens["path"].tolist(), resolve_preset_for(cfg), d)
+    runs = {}
+    for name, extra in {"plain": {}, "cached": {"crops": crop_cache.load(d), "hashes": crop_cache.hashes(d)}}.items():
+        runs[name] = train_run(cfg, str(tmp_path / name), screens.copy(), "screens", log=lambda s: None,
+                               model_id="m", **extra)
+    assert runs["cached"].card["data"]["crops_from_cache"] == len(screens)
+    assert runs["plain"].card["data"]["crops_from_cache"] == 0
+    a, b = (checkpoint.load_predictions(str(tmp_path / n)) for n in ("plain", "cached"))
+    assert a.equals(b)
+    wa, wb = (torch.load(tmp_path / n / "model.pt", weights_only=True) for n in ("plain", "cached"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert runs["plain"].card["split"]["leakage"] == runs["cached"].card["split"]["leakage"]

@@ -48,6 +48,8 @@ OPERATIONAL: dict[str, str] = {
     "storage.region": "how s3:// URIs are reached, not which objects they name",
     "train.threads": "torch intra-op threads: float rounding only",
     "train.channels_last": "the tensors' memory layout: float rounding only",
+    "train.crop_cache": "whether the job crops each image once or each trial does: the same pixels "
+                        "(tests/test_crop_cache.py)",
     "pretrain.channels_last": "the tensors' memory layout: float rounding only",
     "pretrain.checkpoint_every_steps": "how often the state is saved, not the steps taken",
     "eval.batch_size": "evaluation batches of a model in eval mode: each image is computed alone",
