@@ -48,8 +48,20 @@ def test_incomplete_cache_is_ignored(screens, tmp_path):
     paths = screens["path"].tolist()[:3]
     d = crop_cache.cache_dir(str(tmp_path), _preset())
     crop_cache.write_part(d, 0, paths, _preset())  # a build killed before its _COMPLETE marker
-    assert crop_cache.load(d) == {}
-    crop_cache.mark_complete(d, 1)
+    assert crop_cache.load(d) == {} and not crop_cache.is_current(d, paths)
+    crop_cache.mark_complete(d, 1, paths)
+    assert set(crop_cache.load(d)) == set(paths) and crop_cache.is_current(d, paths)
+    assert not crop_cache.is_current(d, paths[:2])  # another file list: built again
+
+
+def test_cache_made_by_other_versions_is_not_used(screens, tmp_path, monkeypatch):
+    paths = screens["path"].tolist()[:2]
+    d = crop_cache.cache_dir(str(tmp_path), _preset())
+    crop_cache.build(paths, _preset(), d)
+    now = crop_cache.made_with()
+    monkeypatch.setattr(crop_cache, "made_with", lambda: {**now, "opencv": "0.0.0"})  # an upgraded OpenCV
+    assert crop_cache.load(d) == {} and crop_cache.hashes(d) == {}
+    assert crop_cache.build(paths, _preset(), d) == len(paths)  # rebuilt, not kept
     assert set(crop_cache.load(d)) == set(paths)
 
 
@@ -102,10 +114,17 @@ def test_cache_keeps_the_leakage_checks_hashes(screens, tmp_path):
     from thyro.data.decode import decode
     from thyro.data.splits import image_hashes
 
-    paths = screens["path"].tolist()[:4]
-    d = crop_cache.cache_dir(str(tmp_path), _preset())
+    from tests.dicom_builders import cine_dicom
+
+    # a cine loop: the crop is of its middle frame, the leakage hash of its first
+    rng = np.random.default_rng(0)
+    cine = tmp_path / "cine.dcm"
+    cine.write_bytes(cine_dicom(rng.integers(0, 255, (5, 64, 80), dtype=np.uint8)))
+    paths = screens["path"].tolist()[:4] + [str(cine)]
+    d = crop_cache.cache_dir(str(tmp_path / "crops"), _preset())
     crop_cache.build(paths, _preset(), d)
     got = crop_cache.hashes(d)
+    assert set(got) == set(paths)
     for p in paths:
         data = open(p, "rb").read()
         sha, dh = image_hashes(data, decode(data, p))

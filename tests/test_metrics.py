@@ -239,3 +239,9 @@ def test_bootstrap_ci_equals_a_loop_over_sklearn_metrics():
     ci = metrics.bootstrap_ci(y, a, 0.4, n_boot=150, seed=3, groups=pid)
     for k in metrics.METRIC_NAMES:
         assert np.allclose(ci[k], np.nanpercentile(reference[k], (2.5, 97.5)), rtol=0, atol=1e-12), k
+
+
+def test_bootstrap_ci_refuses_nan_probabilities():
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        metrics.bootstrap_ci(y, np.array([0.1, np.nan, 0.2, 0.9]), n_boot=5)

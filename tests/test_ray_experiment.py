@@ -86,7 +86,7 @@ def test_trials_start_from_the_crops_the_job_made_once(s3_experiment, tiny_phant
     for model in ("resnet18", "alexnet"):
         card = checkpoint.load_card(run_dir(s3_experiment.out, model, 0))
         assert card["data"]["crops_from_cache"] == n  # every image; none cropped again in the trial
-        assert crop_cache.is_complete(crop_cache.cache_dir(base, Preset.from_dict(card["inputs"]["preprocessing"])))
+        assert crop_cache.is_current(crop_cache.cache_dir(base, Preset.from_dict(card["inputs"]["preprocessing"])))
 
 
 def test_each_trial_used_its_patient_grouped_split(s3_experiment):

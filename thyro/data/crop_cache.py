@@ -8,8 +8,9 @@ deterministic given the file and the preset, so they are made once, stored lossl
 (PNG) beside the manifest, and each training starts from them.
 
 Layout: `<dir>/<key of the preset's CROP_SETTINGS>/part-NNNNN.parquet`, one row per image that cropped, plus
-`_COMPLETE` (the number of parts) written last: a cache without it is ignored, so a
-run killed while building one never trains from half of it. An image that fails to
+`_COMPLETE` written last (the number of parts, a digest of the paths, the versions of
+the code that made them): a cache without it, or made by other versions, is ignored,
+so a run killed while building one never trains from half of it. An image that fails to
 crop has no row; its training crops it again and fails there, naming the file, as
 without a cache.
 """
@@ -74,11 +75,12 @@ def crop_table(paths: Iterable[str], preset: Preset):
             c, d = crop_bytes(data, path, preset)
             # the leakage check's hashes too (of the first frame), so a training reads no image file
             sha, dh = image_hashes(data, d.frames[0][1] if d.frames[0][0] == 0 else decode(data, path))
+            rows.append({"path": path, "image": _png(c.image), "field_mask": _png(c.field_mask.astype(np.uint8)),
+                         "box": list(c.box), "shape": list(c.shape), "field_source": c.field_source,
+                         "pane": c.pane, "marks_px": c.marks_px, "sha256": sha,
+                         "dhash": np.packbits(dh).tobytes()})
         except Exception:
             continue
-        rows.append({"path": path, "image": _png(c.image), "field_mask": _png(c.field_mask.astype(np.uint8)),
-                     "box": list(c.box), "shape": list(c.shape), "field_source": c.field_source,
-                     "pane": c.pane, "marks_px": c.marks_px, "sha256": sha, "dhash": np.packbits(dh).tobytes()})
     schema = pa.schema([("path", pa.string()), ("image", pa.binary()), ("field_mask", pa.binary()),
                         ("box", pa.list_(pa.int64())), ("shape", pa.list_(pa.int64())),
                         ("field_source", pa.string()), ("pane", pa.int64()), ("marks_px", pa.int64()),
@@ -93,33 +95,65 @@ def write_part(directory: str, k: int, paths: Iterable[str], preset: Preset) -> 
     return t.num_rows
 
 
-def mark_complete(directory: str, parts: int) -> None:
-    storage.write_bytes(storage.join(directory, COMPLETE), str(parts).encode())
+def made_with() -> dict[str, str]:
+    """The code a crop depends on besides the preset: a cache made by other versions is not used."""
+    from thyro.model.modelcard import package_versions
+
+    import cv2
+
+    v = package_versions(("thyro", "numpy", "pillow", "pydicom", "scikit-image", "scipy"))
+    return {**v, "opencv": cv2.__version__}
 
 
-def is_complete(directory: str) -> bool:
-    return storage.exists(storage.join(directory, COMPLETE))
+def _digest(paths: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()
+
+
+def mark_complete(directory: str, parts: int, paths: Iterable[str]) -> None:
+    """Written last: the cache's `parts` parts hold the crops of `paths`, made by this code."""
+    marker = {"parts": parts, "paths": _digest(paths), "made_with": made_with()}
+    storage.write_bytes(storage.join(directory, COMPLETE), json.dumps(marker).encode())
+
+
+def _marker(directory: str | None) -> dict | None:
+    """The cache's marker if it is complete and was made by this code, else None."""
+    if not directory or not storage.exists(storage.join(directory, COMPLETE)):
+        return None
+    try:
+        marker = json.loads(storage.read_bytes(storage.join(directory, COMPLETE)))
+    except ValueError:
+        return None
+    return marker if isinstance(marker, dict) and marker.get("made_with") == made_with() else None
+
+
+def is_current(directory: str, paths: Iterable[str] | None = None) -> bool:
+    """Complete, made by this code, and (given `paths`) of exactly these files: nothing to build.
+    A file replaced under the same path is not noticed, as the job's reused manifest does not."""
+    m = _marker(directory)
+    return m is not None and (paths is None or m.get("paths") == _digest(paths))
 
 
 def build(paths: list[str], preset: Preset, directory: str, part_size: int = 256) -> int:
-    """Crop every path in this process (the Ray jobs spread the parts over tasks); -> rows."""
-    if is_complete(directory):
+    """Crop every path in this process (the Ray jobs spread the parts over tasks); -> rows
+    (-1: the cache was already current)."""
+    if is_current(directory, paths):
         return -1
     parts = [paths[i:i + part_size] for i in range(0, len(paths), part_size)]
     n = sum(write_part(directory, k, p, preset) for k, p in enumerate(parts))
-    mark_complete(directory, len(parts))
+    mark_complete(directory, len(parts), paths)
     return n
 
 
 def _rows(directory: str | None, paths: Iterable[str] | None, columns: list[str]) -> list[dict]:
-    if not directory or not is_complete(directory):
+    marker = _marker(directory)
+    if marker is None:
         return []
     import io
 
     import pyarrow.parquet as pq
 
     want = None if paths is None else set(paths)
-    parts = int(storage.read_bytes(storage.join(directory, COMPLETE)).decode())
+    parts = int(marker["parts"])
     rows = []
     for k in range(parts):
         t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(directory, f"part-{k:05d}.parquet"))),
@@ -129,7 +163,8 @@ def _rows(directory: str | None, paths: Iterable[str] | None, columns: list[str]
 
 
 def load(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, Cropped]:
-    """path -> Cropped from a complete cache (only `paths`, when given); {} when there is none."""
+    """path -> Cropped from a complete cache made by this code (only `paths`, when given); {}
+    when there is none."""
     cols = ["image", "field_mask", "box", "shape", "field_source", "pane", "marks_px"]
     return {r["path"]: Cropped(image=_unpng(r["image"]), field_mask=_unpng(r["field_mask"]).astype(bool),
                                box=tuple(r["box"]), shape=tuple(r["shape"]), field_source=r["field_source"],

@@ -185,7 +185,8 @@ def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Ca
                       paths: list[str] | None = None) -> None:
     """Crop every image of the manifest (or `paths`) once per crop setting the `models` train
     with, in Ray tasks over the cluster's CPUs, before any trial starts (`thyro.data.crop_cache`
-    says why). Caches already complete (a resumed job) are kept."""
+    says why). Caches already current (a resumed job) are kept. The cache only saves time: if
+    building it fails, the job goes on and each trial crops its images itself."""
     import time
 
     import ray
@@ -196,23 +197,30 @@ def build_crop_caches(cfg: Config, manifest_uri: str, models: list[str], log: Ca
 
     t0 = time.perf_counter()
     base = crop_cache.beside(manifest_uri)
+    paths = read_parquet(manifest_uri)["path"].tolist() if paths is None else paths
     presets = {}
     for m in models:
         c = cfg.model_copy(deep=True)
         c.model.name = m
         p = resolve_preset_for(c)
         presets[crop_cache.cache_dir(base, p)] = p
-    todo = {d: p for d, p in presets.items() if not crop_cache.is_complete(d)}
+    todo = {d: p for d, p in presets.items() if not crop_cache.is_current(d, paths)}
     if not todo:
         return
-    paths = read_parquet(manifest_uri)["path"].tolist() if paths is None else paths
-    # Two parts per CPU: a slow part (large DICOMs) leaves the other CPUs work to do.
-    size = max(8, -(-len(paths) // (2 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
-    task = ray.remote(num_cpus=1)(_crop_part)
+    # Two parts per CPU, so a slow part (large DICOMs) leaves the other CPUs work to do; at most
+    # 256 images a part, so a task holds few encoded crops at once.
+    size = min(256, max(8, -(-len(paths) // (2 * max(1, int(ray.cluster_resources().get("CPU", 1)))))))
+    # A transient storage error is retried; crop errors never reach here (such an image has no row).
+    task = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=True)(_crop_part)
     refs = {d: [task.remote(d, k, paths[i:i + size], p.to_dict(), cfg.storage.endpoint_url, cfg.storage.region)
                 for k, i in enumerate(range(0, len(paths), size))] for d, p in todo.items()}
     for d, parts in refs.items():
-        n = sum(ray.get(parts))
-        crop_cache.mark_complete(d, len(parts))
+        try:
+            n = sum(ray.get(parts))
+        except Exception as e:  # noqa: BLE001 - a speed-up only: the trials crop for themselves
+            log(f"crops: could not build the crop cache {d} ({type(e).__name__}: {str(e)[:300]}); "
+                "each trial crops its images itself")
+            continue
+        crop_cache.mark_complete(d, len(parts), paths)
         log(f"crops: {n} of {len(paths)} images cropped once for preset {todo[d].name} -> {d}")
     log(f"crops: {time.perf_counter() - t0:.1f}s")

@@ -87,7 +87,7 @@ def _train_worker(config: dict) -> None:
     splits = read_parquet(config["splits"])
     cache = crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg))
     crops, hashes = ((crop_cache.load(cache, manifest["path"]), crop_cache.hashes(cache, manifest["path"]))
-                     if cfg.train.crop_cache else (None, None))
+                     if config.get("crop_cache") else (None, None))
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
     if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
         raise RuntimeError(f"injected failure ({FAIL_TRIAL_ENV}={config['fail_trial']})")
@@ -110,7 +110,8 @@ def _train_worker(config: dict) -> None:
                        "prepare_loader": ray.train.torch.prepare_data_loader}
     res = train_run(cfg, config["run_dir"], manifest, config.get("source"), splits, on_epoch=on_epoch,
                     log=(print if rank == 0 else (lambda s: None)), is_writer=rank == 0,
-                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", crops=crops, hashes=hashes, **distributed)
+                    model_id=f"{cfg.name}/{cfg.model.name}/split{cfg.split.repeat:02d}", crops=crops, hashes=hashes,
+                    **distributed)
     if rank == 0 and config.get("cam_analysis"):
         from thyro.explain.cam_analysis import analyse_run
 
@@ -121,10 +122,10 @@ def _train_worker(config: dict) -> None:
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 
 
-def _trial(config: dict, fail_trial: str | None = None) -> None:
+def _trial(config: dict, fail_trial: str | None = None, crop_cache: bool = False) -> None:
     """A Tune trial: drive one TorchTrainer, or report a run that is already complete.
-    `fail_trial` comes with the trainable, not the config: a resumed experiment gets the
-    driver's current value, not the one saved in Tune's state."""
+    `fail_trial` and `crop_cache` (train.crop_cache) come with the trainable, not the config:
+    a resumed experiment gets the driver's current values, not the ones saved in Tune's state."""
     import ray.tune
 
     cfg = Config.model_validate(config["cfg"])
@@ -143,7 +144,7 @@ def _trial(config: dict, fail_trial: str | None = None) -> None:
         _train_worker,
         {"cfg": config_to_dict(cfg), "run_dir": rd, "manifest": config["manifest"], "splits": config["splits"],
          "source": config.get("source"), "cam_size": cfg.experiment.cam_size,
-         "cam_analysis": cfg.experiment.cam_analysis, "fail_trial": fail_trial},
+         "cam_analysis": cfg.experiment.cam_analysis, "fail_trial": fail_trial, "crop_cache": crop_cache},
         cfg, f"train-{cfg.model.name}-split{cfg.split.repeat:02d}-{ray.tune.get_context().get_trial_id()}",
         config["storage_path"], max_failures=0)  # Tune retries the whole trial, on any node
     trainer.fit()
@@ -211,7 +212,8 @@ def run_experiment(cfg: Config, out: str, log: Callable[[str], None] = print) ->
         raise ValueError(f"experiment.reference_model {cfg.experiment.reference_model} is not in experiment.models")
     if cfg.train.crop_cache:
         build_crop_caches(cfg, job.manifest, models, log)
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV)),
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, fail_trial=os.environ.get(FAIL_TRIAL_ENV),
+                                                                 crop_cache=cfg.train.crop_cache),
                                         {"cpu": cfg.ray.trial_driver_cpus})
     if Tuner.can_restore(state, storage_filesystem=fs):
         log(f"resuming the experiment in {storage.join(job.storage_path, EXPERIMENT_NAME)}: "

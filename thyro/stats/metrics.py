@@ -57,6 +57,8 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot
     """
     y = np.asarray(y).astype(int)
     prob = np.asarray(prob, dtype=float)
+    if not np.isfinite(prob).all():  # sklearn refuses them; resample_metrics would rank them silently
+        raise ValueError(f"bootstrap_ci: {int((~np.isfinite(prob)).sum())} probabilities are NaN or infinite")
     rng = np.random.default_rng(seed)
     malignant, benign = _patients_by_class(y, groups)
     vals = np.empty((n_boot, len(METRIC_NAMES)))
