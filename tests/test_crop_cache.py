@@ -52,6 +52,8 @@ def test_incomplete_cache_is_ignored(screens, tmp_path):
     crop_cache.mark_complete(d, 1, paths)
     assert set(crop_cache.load(d)) == set(paths) and crop_cache.is_current(d, paths)
     assert not crop_cache.is_current(d, paths[:2])  # another file list: built again
+    os.remove(os.path.join(d, "part-00000.parquet"))  # complete, but a part this node cannot read
+    assert crop_cache.load(d) == {} and crop_cache.hashes(d) == {}
 
 
 def test_cache_made_by_other_versions_is_not_used(screens, tmp_path, monkeypatch):

@@ -156,8 +156,13 @@ def _rows(directory: str | None, paths: Iterable[str] | None, columns: list[str]
     parts = int(marker["parts"])
     rows = []
     for k in range(parts):
-        t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(directory, f"part-{k:05d}.parquet"))),
-                          columns=["path", *columns])
+        try:
+            t = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(directory, f"part-{k:05d}.parquet"))),
+                              columns=["path", *columns])
+        except (OSError, ValueError):
+            # A part this node cannot read (a local output folder on a multi-node cluster: the part
+            # lies on the node whose task wrote it). The cache only saves time: crop as without one.
+            return []
         rows += [r for r in t.to_pylist() if want is None or r["path"] in want]
     return rows
 
