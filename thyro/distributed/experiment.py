@@ -117,7 +117,7 @@ def _train_worker(config: dict) -> None:
 
         # every CAM setting of the config, not the defaults (target, region threshold, layer, faithfulness)
         analyse_run(config["run_dir"], manifest, cam=cfg.cam, size=config["cam_size"], device=device,
-                    precision=cfg.train.precision)
+                    precision=cfg.train.precision, crops=crops)
     final = {k: res.metrics[k] for k in METRIC_NAMES}
     ray.train.report({**tags, "done": True, **{f"test_{k}": v for k, v in final.items()}})
 

@@ -44,7 +44,8 @@ def _decode(path: str, frame: str):
 
 
 def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, size: int = 56,
-                device: str = "auto", batch_size: int = 32, precision: str = "fp32") -> pd.DataFrame:
+                device: str = "auto", batch_size: int = 32, precision: str = "fp32",
+                crops: dict | None = None) -> pd.DataFrame:
     from thyro.model import checkpoint
 
     cam = cam or CamConfig()
@@ -53,18 +54,26 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
     predictor = Predictor(run, device=device, precision=precision, cam_size=size, cam_target=cam.target,
                           cam_layer_name=cam.layer)
     p = predictor.preset
+    # Crops made for the same crop settings stand in for reading the files, except where the
+    # preset does not crop: its field is then found on the original image.
+    cached_only = bool(crops) and p.field != "none"
     feats, model_maps, geoms = [], [], []
     faith_x = []
     for i in range(0, len(rows), batch_size):
         chunk = rows.iloc[i:i + batch_size]
-        decoded = [_decode(path, p.frame) for path in chunk["path"]]
-        crops = [predictor.crop(img, reg) for img, reg in decoded]
-        x = preprocess_batch([c.image for c in crops], p)
+        paths = list(chunk["path"])
+        if cached_only and all(q in crops for q in paths):
+            # the job's crops of this preset (thyro.data.crop_cache): the files are not read again
+            cropped, decoded = [crops[q] for q in paths], [(None, None)] * len(paths)
+        else:
+            decoded = [_decode(path, p.frame) for path in paths]
+            cropped = [predictor.crop(img, reg) for img, reg in decoded]
+        x = preprocess_batch([c.image for c in cropped], p)
         out = predictor.predict_tensor(x)
         if len(faith_x) * batch_size < cam.faithfulness_images:
             faith_x.append(x)
         for k, (image_id, r) in enumerate(chunk.iterrows()):
-            c, (img, _) = crops[k], decoded[k]
+            c, (img, _) = cropped[k], decoded[k]
             g = c.geometry(p)
             m_model = out.cam_model[k]
             m_crop = predictor.crop_map(m_model, c)
@@ -72,12 +81,12 @@ def analyse_run(run: str, manifest: pd.DataFrame, cam: CamConfig | None = None, 
                  "cam_target": int(out.target[k]), "cam_zero": bool(m_model.max() <= 0)}
             f.update(shape.region_features(m_crop, cam.region_threshold))
             if isinstance(r.get("field_mask_path"), str):  # the phantom knows its true scan field
-                field = original_mask_to_model(_mask(r["field_mask_path"], img.shape[:2]), g)
+                field = original_mask_to_model(_mask(r["field_mask_path"], c.shape), g)
             else:
                 field = field_mask_on_input(c, p, img)
             f["cam_in_field"] = cam_in_field(m_model, field)
             if isinstance(r.get("mask_path"), str):
-                truth = _mask(r["mask_path"], img.shape[:2])
+                truth = _mask(r["mask_path"], c.shape)
                 full = crop_map_to_original(m_crop, g)
                 f["energy_inside"] = shape.energy_inside(full, truth)
                 f["pointing_hit"] = float(shape.pointing_game(full, truth)) if full.max() > 0 else float("nan")
