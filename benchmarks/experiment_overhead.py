@@ -89,7 +89,7 @@ def main() -> None:
                     d = crop_cache.cache_dir(f"{tmp}/plain/crops", resolve_preset_for(c))
                     if d not in crops:
                         crop_cache.build(manifest["path"].tolist(), resolve_preset_for(c), d)
-                        crops[d] = crop_cache.load(d), crop_cache.hashes(d)
+                        crops[d] = crop_cache.load_with_hashes(d)
                 made = crops.get(d) if cfg.train.crop_cache else (None, None)
                 train_run(c, f"{tmp}/plain/{model}/{s}", manifest, None, splits, log=lambda s: None,
                           crops=made[0], hashes=made[1])

@@ -167,17 +167,31 @@ def _rows(directory: str | None, paths: Iterable[str] | None, columns: list[str]
     return rows
 
 
+_CROP_COLUMNS = ["image", "field_mask", "box", "shape", "field_source", "pane", "marks_px"]
+_HASH_COLUMNS = ["sha256", "dhash"]
+
+
+def _crop(r: dict) -> Cropped:
+    return Cropped(image=_unpng(r["image"]), field_mask=_unpng(r["field_mask"]).astype(bool), box=tuple(r["box"]),
+                   shape=tuple(r["shape"]), field_source=r["field_source"], pane=r["pane"], marks_px=r["marks_px"])
+
+
+def _hash(r: dict) -> tuple[str, np.ndarray]:
+    return r["sha256"], np.unpackbits(np.frombuffer(r["dhash"], np.uint8)).astype(bool)
+
+
 def load(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, Cropped]:
     """path -> Cropped from a complete cache made by this code (only `paths`, when given); {}
     when there is none."""
-    cols = ["image", "field_mask", "box", "shape", "field_source", "pane", "marks_px"]
-    return {r["path"]: Cropped(image=_unpng(r["image"]), field_mask=_unpng(r["field_mask"]).astype(bool),
-                               box=tuple(r["box"]), shape=tuple(r["shape"]), field_source=r["field_source"],
-                               pane=r["pane"], marks_px=r["marks_px"])
-            for r in _rows(directory, paths, cols)}
+    return {r["path"]: _crop(r) for r in _rows(directory, paths, _CROP_COLUMNS)}
 
 
 def hashes(directory: str | None, paths: Iterable[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
     """path -> `thyro.data.splits.image_hashes` of the file, from a complete cache; {} when there is none."""
-    return {r["path"]: (r["sha256"], np.unpackbits(np.frombuffer(r["dhash"], np.uint8)).astype(bool))
-            for r in _rows(directory, paths, ["sha256", "dhash"])}
+    return {r["path"]: _hash(r) for r in _rows(directory, paths, _HASH_COLUMNS)}
+
+
+def load_with_hashes(directory: str | None, paths: Iterable[str] | None = None):
+    """(`load`, `hashes`) from one read of the cache, as a training takes both."""
+    rows = _rows(directory, paths, _CROP_COLUMNS + _HASH_COLUMNS)
+    return {r["path"]: _crop(r) for r in rows}, {r["path"]: _hash(r) for r in rows}

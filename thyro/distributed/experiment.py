@@ -86,7 +86,7 @@ def _train_worker(config: dict) -> None:
     manifest = read_parquet(config["manifest"])
     splits = read_parquet(config["splits"])
     cache = crop_cache.cache_dir(crop_cache.beside(config["manifest"]), resolve_preset_for(cfg))
-    crops, hashes = ((crop_cache.load(cache, manifest["path"]), crop_cache.hashes(cache, manifest["path"]))
+    crops, hashes = (crop_cache.load_with_hashes(cache, manifest["path"])
                      if config.get("crop_cache") else (None, None))
     tags = {"model": cfg.model.name, "repeat": cfg.split.repeat}
     if config.get("fail_trial") == f"{cfg.model.name}/{cfg.split.repeat}":
